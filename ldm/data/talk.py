@@ -1,0 +1,184 @@
+"""DiffTalk's dataset (SPEC 2-3): one class, with the original's train/inference quirks as flags."""
+
+from __future__ import annotations
+
+import logging
+import random
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+from PIL import Image
+from torch.utils.data import Dataset
+
+logger = logging.getLogger(__name__)
+
+UPPER_FACE_LANDMARKS = (0, 1, 2, 3, *range(13, 48))  # 39 points: no lower jaw, no mouth (SPEC 2)
+JAW_POLYGON = (*range(2, 15), 33)  # inference latent mask: jaw 2..14 closed at the nose base
+TRAIN_MASK_LANDMARK = 30  # nose tip: rows below it are masked when training
+INFERENCE_MASK_LANDMARK = 33  # subnasale: the original's inference cut (SPEC 6, bug 1)
+
+
+def sample_reference_frame(
+    n_frames: int, frame: int, margin: int = 60, rng: random.Random | None = None
+) -> int:
+    """Uniform frame from {1..n_frames-1} minus {frame-margin .. frame+margin-1} (SPEC 2).
+
+    ``n_frames`` is token [1] of the identity's line in data.txt (an exclusive upper bound).
+    If the clip is too short to keep the margin, any other frame is used.
+    """
+    rng = rng or random
+    lo, hi = max(1, frame - margin), min(n_frames - 1, frame + margin - 1)  # excluded block
+    n_excluded = max(0, hi - lo + 1)
+    n_candidates = (n_frames - 1) - n_excluded
+    if n_candidates <= 0:
+        others = [f for f in range(1, max(n_frames, 2)) if f != frame] or [frame]
+        return rng.choice(others)
+    k = rng.randrange(n_candidates) + 1  # k-th candidate, counting from frame 1
+    return k if k < lo else k + n_excluded
+
+
+def read_frame_counts(path: Path) -> list[int]:
+    """data.txt: line i belongs to identity i+1; token [1] is its frame bound (SPEC 1.4)."""
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: it lists '<id> <n_frames>' per identity")
+    counts = []
+    for lineno, line in enumerate(path.read_text().splitlines(), 1):
+        tokens = line.split()
+        if len(tokens) < 2 or not tokens[1].isdigit():
+            raise ValueError(f"{path}:{lineno}: expected '<id> <n_frames>', got {line!r}")
+        counts.append(int(tokens[1]))
+    return counts
+
+
+def read_keys(path: Path, max_items: int | None = None) -> np.ndarray:
+    """Split list of ``{id}_{frame}`` keys -> compact (N, 2) int32 array (SPEC 1.5, bug 16)."""
+    if not path.is_file():
+        raise FileNotFoundError(f"split list {path} not found (one '<id>_<frame>' key per line)")
+    keys = [line.strip().split("_") for line in path.read_text().splitlines() if line.strip()]
+    arr = np.asarray(keys, dtype=np.int32).reshape(-1, 2)
+    if max_items is not None and len(arr) > max_items:  # evenly spread subset
+        arr = arr[np.linspace(0, len(arr) - 1, max_items).round().astype(int)]
+    return arr
+
+
+def load_image(path: Path, size: int) -> tuple[np.ndarray, float]:
+    """RGB image resized (bicubic) to size x size in [-1, 1] (H, W, 3), and the scale s."""
+    with Image.open(path) as im:
+        width, height = im.size
+        if width != height:
+            raise ValueError(f"{path}: frames must be square, got {width}x{height}")
+        im = im.convert("RGB").resize((size, size), Image.BICUBIC)
+        arr = np.asarray(im, dtype=np.float32)
+    return arr / 127.5 - 1.0, width / size
+
+
+def jaw_latent_mask(landmarks: np.ndarray, orig_size: int, latent_size: int) -> np.ndarray:
+    """Inference latent mask (latent_size, latent_size): 0 inside the jaw polygon, 1 = known."""
+    mask = np.ones((orig_size, orig_size), dtype=np.uint8)
+    cv2.fillPoly(mask, [landmarks[list(JAW_POLYGON)].astype(np.int32)], 0)
+    small = Image.fromarray(mask * 255).resize((latent_size, latent_size), Image.BICUBIC)
+    return (np.asarray(small) > 127).astype(np.float32)
+
+
+class TalkBase(Dataset):
+    """Frames, references, masked frames, landmarks and audio windows of ``{id}_{frame}`` keys."""
+
+    def __init__(
+        self,
+        split_file: str,
+        root: str = "data/HDTF",
+        size: int = 256,
+        latent_size: int | None = None,  # inference mask size; default size // 4 (VQ-f4)
+        mask_landmark: int = TRAIN_MASK_LANDMARK,
+        reference_margin: int = 60,
+        resample_reference: bool = False,  # original: drawn once, in __init__ (SPEC 6, bug 3)
+        reference_frame: int | None = None,  # inference: always this frame (original: 1)
+        audio_id: int
+        | None = None,  # drive every id with this id's audio (original inference: 105)
+        with_inference_mask: bool = False,
+        max_items: int | None = None,  # validation subset
+    ) -> None:
+        self.root = Path(root)
+        self.size = size
+        self.latent_size = latent_size or size // 4
+        self.mask_landmark = mask_landmark
+        self.reference_margin = reference_margin
+        self.resample_reference = resample_reference
+        self.reference_frame = reference_frame
+        self.audio_id = audio_id
+        self.with_inference_mask = with_inference_mask
+        if not (self.root / "images").is_dir():
+            raise FileNotFoundError(
+                f"data directory {self.root} has no images/ folder; create it with "
+                f"`python scripts/preprocess.py VIDEOS --out {self.root}`"
+            )
+        self.keys = read_keys(Path(split_file), max_items)
+        self.frame_counts = read_frame_counts(self.root / "data.txt")
+        self.references = np.asarray([self._draw_reference(i) for i in range(len(self.keys))])
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def _draw_reference(self, index: int) -> int:
+        vid, frame = (int(v) for v in self.keys[index])
+        if self.reference_frame is not None:
+            return self.reference_frame
+        if vid > len(self.frame_counts):
+            raise ValueError(f"identity {vid} has no line in {self.root / 'data.txt'}")
+        return sample_reference_frame(self.frame_counts[vid - 1], frame, self.reference_margin)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        vid, frame = (int(v) for v in self.keys[index])
+        ref = self._draw_reference(index) if self.resample_reference else self.references[index]
+        image, scale = load_image(self.root / "images" / f"{vid}_{frame}.jpg", self.size)
+        reference, _ = load_image(self.root / "images" / f"{vid}_{ref}.jpg", self.size)
+        lms = np.loadtxt(self.root / "landmarks" / f"{vid}_{frame}.lms", dtype=np.float32)
+        audio_key = f"{self.audio_id or vid}_{frame}"
+        audio = np.load(self.root / "audio_smooth" / f"{audio_key}.npy").astype(np.float32)
+        cut = int(lms[self.mask_landmark, 1] / scale)  # first masked row in the resized frame
+        image_mask = image.copy()
+        image_mask[cut:] = -1.0
+        inpaint_mask = np.zeros((self.size, self.size), dtype=np.float32)
+        inpaint_mask[cut:] = 1.0
+        item = {
+            "image": image,  # (H, W, 3) in [-1, 1]
+            "reference_img": reference,
+            "image_mask": image_mask,  # rows from the mask landmark down set to -1
+            "inpaint_mask": inpaint_mask,  # (H, W): 1 where image_mask hides the frame
+            "landmarks": lms[list(UPPER_FACE_LANDMARKS)] / scale,  # (39, 2) pixels of size x size
+            "audio_smooth": audio,  # (8, 16, D)
+            "frame_id": vid,
+            "frame": frame,
+            "reference_frame": int(ref),
+        }
+        if self.with_inference_mask:
+            orig = round(scale * self.size)
+            item["inference_mask"] = jaw_latent_mask(lms, orig, self.latent_size)[None]
+            item["landmarks_all"] = lms / scale
+        return item
+
+
+class TalkTrain(TalkBase):
+    """Training split (``data/data_train.txt``), masked below the nose tip (landmark 30)."""
+
+    def __init__(self, split_file: str = "data/data_train.txt", **kwargs: Any) -> None:
+        super().__init__(split_file, **kwargs)
+
+
+class TalkValidation(TalkBase):
+    """Validation split (``data/data_test.txt``); ``max_items`` keeps an even subset."""
+
+    def __init__(self, split_file: str = "data/data_test.txt", **kwargs: Any) -> None:
+        super().__init__(split_file, **kwargs)
+
+
+class TalkInference(TalkBase):
+    """The original inference set: cut at landmark 33, reference frame 1, jaw latent mask."""
+
+    def __init__(self, split_file: str = "data/data_test.txt", **kwargs: Any) -> None:
+        kwargs.setdefault("mask_landmark", INFERENCE_MASK_LANDMARK)
+        kwargs.setdefault("reference_frame", 1)
+        kwargs.setdefault("with_inference_mask", True)
+        super().__init__(split_file, **kwargs)

@@ -1,0 +1,318 @@
+"""DDPM (schedule, noising, eps loss, EMA, optimiser) and LatentDiffusion for talking heads."""
+
+from __future__ import annotations
+
+import logging
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import numpy as np
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import nn
+
+from ldm.modules.diffusionmodules.util import extract_into_tensor, make_beta_schedule
+from ldm.modules.distributions import DiagonalGaussianDistribution
+from ldm.modules.ema import LitEma
+from ldm.modules.encoders.modules import encode_audio
+from ldm.util import default, instantiate_from_config, load_state_dict_file, mean_flat
+
+logger = logging.getLogger(__name__)
+
+Cond = dict[str, torch.Tensor]
+
+
+class DiffusionWrapper(nn.Module):
+    """The one place that knows how conditions enter the UNet (part of the checkpoint contract).
+
+    ``hybrid`` conditioning, as DiffTalk does it (SPEC 4.3): the UNet input is the channel concat
+    [noisy latent, masked-frame latent, reference latent] and the cross-attention context is one
+    token [audio feature ‖ landmark feature] of shape (B, 1, 128).
+    """
+
+    CONCAT_KEYS = ("masked_latent", "reference_latent")
+    CONTEXT_KEYS = ("audio_feature", "landmark_feature")
+
+    def __init__(self, diff_model_config: Any, conditioning_key: str = "hybrid") -> None:
+        super().__init__()
+        if conditioning_key != "hybrid":
+            raise ValueError(
+                f"DiffTalk conditions with 'hybrid' (concat + crossattn), got {conditioning_key!r}"
+            )
+        self.diffusion_model = instantiate_from_config(diff_model_config)  # UNetModel
+        self.conditioning_key = conditioning_key
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, cond: Cond) -> torch.Tensor:
+        """x (B, C, h, w), t (B,), cond with the four keys above -> eps (B, C, h, w)."""
+        x_in = torch.cat([x, *(cond[k] for k in self.CONCAT_KEYS)], dim=1)  # (B, 9, h, w)
+        context = torch.cat([cond[k] for k in self.CONTEXT_KEYS], dim=-1)[:, None]  # (B, 1, 128)
+        return self.diffusion_model(x_in, t, context=context)
+
+
+class DDPM(pl.LightningModule):
+    """Gaussian diffusion with eps prediction on whatever ``get_input`` returns (LDM's DDPM)."""
+
+    def __init__(
+        self,
+        unet_config: Any,
+        timesteps: int = 1000,
+        beta_schedule: str = "linear",
+        linear_start: float = 1e-4,
+        linear_end: float = 2e-2,
+        parameterization: str = "eps",
+        loss_type: str = "l2",
+        use_ema: bool = True,
+        ema_decay: float = 0.9999,
+        l_simple_weight: float = 1.0,
+        original_elbo_weight: float = 0.0,
+        weight_decay: float = 0.01,  # AdamW's default, as the original
+        conditioning_key: str = "hybrid",
+        image_size: int = 64,  # latent size
+        channels: int = 3,  # latent channels
+        monitor: str | None = None,
+    ) -> None:
+        super().__init__()
+        if parameterization not in ("eps", "x0"):
+            raise ValueError(f"parameterization must be 'eps' or 'x0', got {parameterization!r}")
+        self.parameterization = parameterization
+        self.loss_type = loss_type
+        self.image_size = image_size
+        self.channels = channels
+        self.l_simple_weight = l_simple_weight
+        self.original_elbo_weight = original_elbo_weight
+        self.weight_decay = weight_decay
+        self.learning_rate = 1e-4  # set by main.py from base_learning_rate (and --scale_lr)
+        if monitor is not None:
+            self.monitor = monitor
+        self.model = DiffusionWrapper(unet_config, conditioning_key)
+        self.use_ema = use_ema
+        if use_ema:
+            self.model_ema = LitEma(self.model, decay=ema_decay)
+        self.register_schedule(beta_schedule, timesteps, linear_start, linear_end)
+
+    def register_schedule(
+        self, beta_schedule: str, timesteps: int, linear_start: float, linear_end: float
+    ) -> None:
+        """Register the schedule buffers (float32) and the VLB weights of eps prediction."""
+        betas = make_beta_schedule(beta_schedule, timesteps, linear_start, linear_end)
+        alphas_cumprod = np.cumprod(1.0 - betas)
+        alphas_cumprod_prev = np.append(1.0, alphas_cumprod[:-1])
+        posterior_variance = betas * (1.0 - alphas_cumprod_prev) / (1.0 - alphas_cumprod)
+        with np.errstate(divide="ignore"):
+            lvlb = betas**2 / (2 * posterior_variance * (1.0 - betas) * (1 - alphas_cumprod))
+        if self.parameterization == "x0":
+            lvlb = 0.5 * np.sqrt(alphas_cumprod) / (2.0 * (1 - alphas_cumprod))
+        lvlb[0] = lvlb[1]
+        self.num_timesteps = int(timesteps)
+        for name, value in {
+            "betas": betas,
+            "alphas_cumprod": alphas_cumprod,
+            "alphas_cumprod_prev": alphas_cumprod_prev,
+            "sqrt_alphas_cumprod": np.sqrt(alphas_cumprod),
+            "sqrt_one_minus_alphas_cumprod": np.sqrt(1.0 - alphas_cumprod),
+            "lvlb_weights": lvlb,
+        }.items():
+            self.register_buffer(name, torch.tensor(value, dtype=torch.float32), persistent=False)
+
+    @contextmanager
+    def ema_scope(self, context: str | None = None):
+        """Swap the EMA weights into the UNet wrapper for the duration of the block."""
+        if self.use_ema:
+            self.model_ema.store(self.model.parameters())
+            self.model_ema.copy_to(self.model)
+            if context is not None:
+                logger.debug("%s: switched to EMA weights", context)
+        try:
+            yield
+        finally:
+            if self.use_ema:
+                self.model_ema.restore(self.model.parameters())
+
+    def q_sample(
+        self, x_start: torch.Tensor, t: torch.Tensor, noise: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Sample z_t = sqrt(abar_t) z_0 + sqrt(1 - abar_t) eps for a batch of timesteps t (B,)."""
+        noise = default(noise, lambda: torch.randn_like(x_start))
+        return (
+            extract_into_tensor(self.sqrt_alphas_cumprod, t, x_start.shape) * x_start
+            + extract_into_tensor(self.sqrt_one_minus_alphas_cumprod, t, x_start.shape) * noise
+        )
+
+    def apply_model(self, x_noisy: torch.Tensor, t: torch.Tensor, cond: Cond) -> torch.Tensor:
+        """Run the denoiser on (B, C, h, w) latents at timesteps t (B,)."""
+        return self.model(x_noisy, t, cond)
+
+    def p_losses(
+        self,
+        x_start: torch.Tensor,
+        cond: Cond,
+        t: torch.Tensor,
+        noise: torch.Tensor | None = None,
+        weight: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Simple (eps) loss, plus the weightless-by-default VLB term; ``weight`` scales pixels."""
+        noise = default(noise, lambda: torch.randn_like(x_start))
+        model_out = self.apply_model(self.q_sample(x_start, t, noise), t, cond)
+        target = noise if self.parameterization == "eps" else x_start
+        if self.loss_type == "l2":
+            err = (model_out - target) ** 2
+        elif self.loss_type == "l1":
+            err = (model_out - target).abs()
+        else:
+            raise ValueError(f"unknown loss_type {self.loss_type!r}")
+        if weight is not None:
+            err = err * weight
+        loss_simple = mean_flat(err)  # (B,)
+        loss_vlb = (self.lvlb_weights[t] * loss_simple).mean()
+        loss = self.l_simple_weight * loss_simple.mean() + self.original_elbo_weight * loss_vlb
+        split = "train" if self.training else "val"
+        return loss, {
+            f"{split}/loss_simple": loss_simple.mean(),
+            f"{split}/loss_vlb": loss_vlb,
+            f"{split}/loss": loss,
+        }
+
+    def get_input(self, batch: dict[str, Any]) -> tuple[torch.Tensor, Cond, torch.Tensor | None]:
+        """Return (z_0, conditions, optional loss weight map); defined by subclasses."""
+        raise NotImplementedError
+
+    def shared_step(self, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Loss of a batch at uniformly drawn timesteps."""
+        z, cond, weight = self.get_input(batch)
+        t = torch.randint(0, self.num_timesteps, (z.shape[0],), device=self.device).long()
+        return self.p_losses(z, cond, t, weight=weight)
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        loss, loss_dict = self.shared_step(batch)
+        self.log_dict(loss_dict, prog_bar=False, logger=True, on_step=True, on_epoch=True)
+        self.log("global_step", float(self.global_step), prog_bar=True, logger=True, on_step=True)
+        return loss
+
+    @torch.no_grad()
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        _, loss_dict = self.shared_step(batch)
+        with self.ema_scope():
+            _, loss_dict_ema = self.shared_step(batch)
+        loss_dict_ema = {f"{k}_ema": v for k, v in loss_dict_ema.items()}
+        self.log_dict(loss_dict, on_step=False, on_epoch=True, sync_dist=True)
+        self.log_dict(loss_dict_ema, on_step=False, on_epoch=True, sync_dist=True)
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        if self.use_ema:
+            self.model_ema(self.model)
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        """Parameters the optimiser updates (the UNet here; subclasses add encoders)."""
+        return list(self.model.parameters())
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.AdamW(
+            self.trainable_parameters(), lr=self.learning_rate, weight_decay=self.weight_decay
+        )
+
+
+class LatentDiffusion(DDPM):
+    """DiffTalk: diffusion in a frozen first stage's latent space, conditioned on audio,
+    landmarks, a masked target frame and a reference frame.
+
+    Module names (``first_stage_model``, ``cond_stage_model_for_audio``,
+    ``cond_stage_model_for_audio_smooth``, ``cond_stage_model_for_ldm``) are the original's
+    checkpoint keys.
+    """
+
+    def __init__(
+        self,
+        first_stage_config: Any,
+        audio_config: Any,  # AudioNet: one window -> 64-d
+        audio_attention_config: Any,  # AudioAttNet: 8 windows -> one 64-d feature
+        landmark_config: Any,  # LdmNet: 39 landmarks -> 64-d
+        scale_factor: float = 1.0,
+        scale_condition_latents: bool = False,  # original: masked/reference latents unscaled
+        mask_loss_weight: float = 1.0,  # original: 1 (uniform); >1 weights the masked region
+        ckpt_path: str | None = None,
+        ignore_keys: tuple[str, ...] = (),
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.scale_factor = scale_factor
+        self.scale_condition_latents = scale_condition_latents
+        self.mask_loss_weight = mask_loss_weight
+        self.first_stage_model = instantiate_from_config(first_stage_config).eval()
+        self.first_stage_model.requires_grad_(False)
+        self.cond_stage_model_for_audio = instantiate_from_config(audio_config)
+        self.cond_stage_model_for_audio_smooth = instantiate_from_config(audio_attention_config)
+        self.cond_stage_model_for_ldm = instantiate_from_config(landmark_config)
+        if ckpt_path is not None:
+            self.init_from_ckpt(ckpt_path, ignore_keys)
+
+    def init_from_ckpt(self, path: str | Path, ignore_keys: tuple[str, ...] = ()) -> None:
+        """Load a DiffTalk checkpoint non-strictly (as ``--resume2`` did), logging what differs."""
+        sd = load_state_dict_file(path)
+        sd = {k: v for k, v in sd.items() if not k.startswith(tuple(ignore_keys))}
+        missing, unexpected = self.load_state_dict(sd, strict=False)
+        logger.info(
+            "restored %s: %d missing, %d unexpected keys", path, len(missing), len(unexpected)
+        )
+
+    def train(self, mode: bool = True) -> LatentDiffusion:
+        """Keep the frozen first stage in eval mode whatever Lightning asks."""
+        super().train(mode)
+        self.first_stage_model.eval()
+        return self
+
+    @torch.no_grad()
+    def encode_first_stage(self, x: torch.Tensor) -> torch.Tensor:
+        """Image (B, 3, H, W) in [-1, 1] -> unscaled latent (B, C, h, w) (VQ: pre-quantisation)."""
+        out = self.first_stage_model.encode(x)
+        return out.mode() if isinstance(out, DiagonalGaussianDistribution) else out  # KL: mean
+
+    def decode_first_stage(self, z: torch.Tensor) -> torch.Tensor:
+        """Scaled latent (B, C, h, w) -> image (B, 3, H, W); call under no_grad when sampling."""
+        return self.first_stage_model.decode(z / self.scale_factor)
+
+    def encode_batch_images(self, images: torch.Tensor) -> torch.Tensor:
+        """Batch images (B, H, W, 3) in [-1, 1] -> unscaled latents (B, C, h, w) on our device."""
+        return self.encode_first_stage(to_bchw(images).to(self.device))
+
+    def get_learned_conditioning(self, batch: dict[str, Any]) -> Cond:
+        """Encode the four conditions of a batch into the dict the DiffusionWrapper reads."""
+        cond_scale = self.scale_factor if self.scale_condition_latents else 1.0
+        audio = batch["audio_smooth"].to(self.device, torch.float32)  # (B, 8, 16, D)
+        return {
+            "masked_latent": cond_scale * self.encode_batch_images(batch["image_mask"]),
+            "reference_latent": cond_scale * self.encode_batch_images(batch["reference_img"]),
+            "audio_feature": encode_audio(
+                self.cond_stage_model_for_audio, self.cond_stage_model_for_audio_smooth, audio
+            ),
+            "landmark_feature": self.cond_stage_model_for_ldm(
+                batch["landmarks"].to(self.device, torch.float32)
+            ),
+        }
+
+    def get_input(self, batch: dict[str, Any]) -> tuple[torch.Tensor, Cond, torch.Tensor | None]:
+        """Batch -> (z_0 (B, C, h, w), conditions, loss weight map or None)."""
+        z = self.scale_factor * self.encode_batch_images(batch["image"])
+        weight = None
+        if self.mask_loss_weight != 1.0 and "inpaint_mask" in batch:
+            region = F.interpolate(
+                batch["inpaint_mask"][:, None].to(z), size=z.shape[-2:], mode="area"
+            )  # (B, 1, h, w): 1 where the frame is masked
+            weight = 1.0 + (self.mask_loss_weight - 1.0) * region
+        return z, self.get_learned_conditioning(batch), weight
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        """UNet plus the three condition encoders (trained jointly, SPEC 4.7)."""
+        encoders = (
+            self.cond_stage_model_for_audio,
+            self.cond_stage_model_for_audio_smooth,
+            self.cond_stage_model_for_ldm,
+        )
+        return super().trainable_parameters() + [p for m in encoders for p in m.parameters()]
+
+
+def to_bchw(images: torch.Tensor) -> torch.Tensor:
+    """LDM batch layout (B, H, W, C) -> contiguous float (B, C, H, W)."""
+    return rearrange(images, "b h w c -> b c h w").contiguous().float()

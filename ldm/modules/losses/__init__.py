@@ -1,0 +1,5 @@
+"""First-stage training losses (one class for VQ and KL autoencoders)."""
+
+from ldm.modules.losses.vqperceptual import LPIPSWithDiscriminator
+
+__all__ = ["LPIPSWithDiscriminator"]

@@ -1,0 +1,70 @@
+"""Config instantiation and small helpers shared across the package (as in CompVis ldm/util.py)."""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import pickle
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+logger = logging.getLogger(__name__)
+
+
+def get_obj_from_str(string: str, reload: bool = False) -> Any:
+    """Import ``"pkg.module.Name"`` and return ``Name``."""
+    module, cls = string.rsplit(".", 1)
+    mod = importlib.import_module(module)
+    if reload:
+        mod = importlib.reload(mod)
+    return getattr(mod, cls)
+
+
+def instantiate_from_config(config: Any, **extra: Any) -> Any:
+    """Build ``config.target(**config.params, **extra)``; the LDM ``target:``/``params:`` format."""
+    if "target" not in config:
+        raise KeyError(f"Expected key 'target' to instantiate, got keys {list(config.keys())}")
+    params = dict(config.get("params", None) or {})
+    params.update(extra)
+    return get_obj_from_str(config["target"])(**params)
+
+
+def count_params(model: nn.Module) -> int:
+    """Number of parameters of ``model`` (trainable or not)."""
+    return sum(p.numel() for p in model.parameters())
+
+
+def default(val: Any, d: Any) -> Any:
+    """``val`` unless it is None, else ``d`` (called if callable)."""
+    if val is not None:
+        return val
+    return d() if callable(d) else d
+
+
+def mean_flat(tensor: torch.Tensor) -> torch.Tensor:
+    """Mean over all non-batch dimensions: (B, ...) -> (B,)."""
+    return tensor.mean(dim=list(range(1, tensor.ndim)))
+
+
+def load_state_dict_file(path: str | Path, missing_hint: str = "") -> dict[str, torch.Tensor]:
+    """The ``state_dict`` of a Lightning/LDM checkpoint (or a bare state dict), on the CPU.
+
+    Loads with ``weights_only=True``; old Lightning 1.x files that pickle Python objects fall
+    back to a full load, with a warning naming the file.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}. {missing_hint}".rstrip())
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        logger.warning(
+            "%s holds pickled Python objects (an old Lightning checkpoint); loading it with "
+            "weights_only=False, which runs code from the file: only do this for files you trust.",
+            path,
+        )
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    return ckpt["state_dict"] if "state_dict" in ckpt else ckpt

@@ -1,0 +1,99 @@
+"""Shared test helpers: the project root, ../shared fixtures and data, a tiny DiffTalk model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared"
+FIXTURES = SHARED / "fixtures"
+SHARED_DATA = SHARED / "data"
+
+torch.set_num_threads(min(2, torch.get_num_threads()))
+
+
+def require(path: Path) -> Path:
+    """Skip the calling test, with the reason, when a ../shared file is absent."""
+    if not path.exists():
+        pytest.skip(f"{path} is absent (tests read ../shared beside the project root)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def original_vectors() -> dict:
+    """Outputs of the original DiffTalk modules on fixed inputs (shared/fixtures/README.md)."""
+    return torch.load(require(FIXTURES / "original_vectors.pt"), weights_only=True)
+
+
+def small_config(**unet_overrides) -> OmegaConf:
+    """The CPU config with a random (checkpoint-free) first stage."""
+    cfg = OmegaConf.load(ROOT / "configs/latent-diffusion/talking-small.yaml")
+    cfg.model.params.first_stage_config.params.ckpt_path = None
+    for k, v in unet_overrides.items():
+        cfg.model.params.unet_config.params[k] = v
+    return cfg
+
+
+def face_template(size: int) -> np.ndarray:
+    """A plausible iBUG-68 layout (68, 2) in pixels of a size x size face crop."""
+    pts = np.zeros((68, 2), dtype=np.float32)
+    a = np.linspace(np.pi * 0.95, np.pi * 0.05, 17)
+    pts[0:17] = np.stack([0.5 - 0.36 * np.cos(a), 0.45 + 0.42 * np.sin(a)], 1)  # jaw
+    pts[17:27] = np.stack([np.linspace(0.22, 0.78, 10), np.full(10, 0.3)], 1)  # brows
+    pts[27:31] = np.stack([np.full(4, 0.5), np.linspace(0.38, 0.56, 4)], 1)  # nose bridge
+    pts[31:36] = np.stack([np.linspace(0.42, 0.58, 5), np.full(5, 0.6)], 1)  # nostrils
+    for start, cx in ((36, 0.35), (42, 0.65)):  # eyes
+        e = np.linspace(0, 2 * np.pi, 6, endpoint=False)
+        pts[start : start + 6] = np.stack([cx + 0.06 * np.cos(e), 0.4 + 0.02 * np.sin(e)], 1)
+    m = np.linspace(0, 2 * np.pi, 12, endpoint=False)
+    pts[48:60] = np.stack([0.5 + 0.12 * np.cos(m), 0.75 + 0.05 * np.sin(m)], 1)  # outer lips
+    i = np.linspace(0, 2 * np.pi, 8, endpoint=False)
+    pts[60:68] = np.stack([0.5 + 0.08 * np.cos(i), 0.75 + 0.02 * np.sin(i)], 1)  # inner lips
+    return pts * size
+
+
+def make_tiny_dataset(
+    root: Path, n_ids: int = 2, n_frames: int = 8, size: int = 64, feature_dim: int = 29
+) -> Path:
+    """Write an HDTF-layout dataset (SPEC 1) of synthetic frames whose mouth opens with the audio.
+
+    Returns the data directory (``root/HDTF``); split lists go to ``root/data_{train,test}.txt``.
+    Identity 1..n_ids-1 are training ids, the last one is the test id.
+    """
+    from PIL import Image, ImageDraw
+
+    data = root / "HDTF"
+    for sub in ("images", "landmarks", "audio_smooth"):
+        (data / sub).mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    lms = face_template(size)
+    for vid in range(1, n_ids + 1):
+        colour = tuple(int(c) for c in rng.integers(60, 200, 3))
+        for frame in range(1, n_frames + 1):
+            opening = 0.5 + 0.5 * np.sin(frame * 0.9 + vid)  # in [0, 1]
+            im = Image.new("RGB", (size, size), (30, 30, 40))
+            draw = ImageDraw.Draw(im)
+            draw.ellipse([0.14 * size, 0.1 * size, 0.86 * size, 0.95 * size], fill=colour)
+            h = (0.01 + 0.08 * opening) * size
+            draw.ellipse([0.38 * size, 0.75 * size - h, 0.62 * size, 0.75 * size + h], fill=0)
+            im.save(data / "images" / f"{vid}_{frame}.jpg", quality=95)
+            np.savetxt(data / "landmarks" / f"{vid}_{frame}.lms", lms, fmt="%f")
+            audio = np.full((8, 16, feature_dim), opening, dtype=np.float32)
+            audio += 0.05 * rng.standard_normal(audio.shape).astype(np.float32)
+            np.save(data / "audio_smooth" / f"{vid}_{frame}.npy", audio)
+    (data / "data.txt").write_text("".join(f"{v} {n_frames}\n" for v in range(1, n_ids + 1)))
+    keys = [[f"{v}_{f}" for f in range(1, n_frames + 1)] for v in range(1, n_ids + 1)]
+    (root / "data_train.txt").write_text("\n".join(k for ks in keys[:-1] for k in ks) + "\n")
+    (root / "data_test.txt").write_text("\n".join(keys[-1]) + "\n")
+    return data
+
+
+@pytest.fixture
+def tiny_dataset(tmp_path: Path) -> Path:
+    """A 2-identity, 8-frame, 64 px dataset in a temporary directory (returns root/HDTF)."""
+    return make_tiny_dataset(tmp_path)
