@@ -1,0 +1,173 @@
+"""Score a predicted clip (and the baselines) against the truth: per-frame values and summaries."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ldm.evaluation import landmark_metrics as lm
+from ldm.evaluation.clips import copy_reference, shift_frames_for, time_shift
+from ldm.evaluation.lpips import LPIPS, lpips_frames
+from ldm.evaluation.metrics import image_metrics, pooled_psnr, region_boxes
+from ldm.evaluation.syncnet import SyncNet, lse
+from ldm.preprocessing.landmarks import Landmarker
+
+log = logging.getLogger(__name__)
+
+PREDICTION = "prediction"
+BASELINES = ("copy_reference", "shifted_truth", "truth")
+SHIFT_FRAMES = 25  # the "audio shifted by 1 s" baseline at 25 fps
+
+
+@dataclass
+class Scorers:
+    """The models a run uses; lpips/syncnet are None when their weights were not given."""
+
+    landmarker: Landmarker
+    lpips: LPIPS | None = None
+    syncnet: SyncNet | None = None
+
+
+@dataclass
+class Row:
+    """One method on one clip: per-frame arrays (T,) and clip-level scores (SyncNet)."""
+
+    key: str
+    label: str
+    per_frame: dict[str, np.ndarray]
+    scores: dict[str, float] = field(default_factory=dict)
+    n_noface: int = 0
+
+
+@dataclass
+class ClipResult:
+    """All rows of one clip, the truth's mouth opening, and notes on what was changed or skipped."""
+
+    name: str
+    pred_path: str
+    gt_path: str
+    n_frames: int
+    gt_opening: np.ndarray
+    n_noface_gt: int
+    rows: list[Row]
+    notes: list[str] = field(default_factory=list)
+    plot_path: str | None = None
+
+
+def baseline_label(key: str, shift: int, fps: float) -> str:
+    """Human-readable row name."""
+    return {
+        PREDICTION: "prediction",
+        "copy_reference": "baseline: copy reference frame",
+        "shifted_truth": f"baseline: truth shifted {shift} frames ({shift / fps:g} s)",
+        "truth": "truth itself (upper bound)",
+    }[key]
+
+
+def score_row(
+    key: str,
+    label: str,
+    frames: np.ndarray,
+    lms: np.ndarray,
+    gt: np.ndarray,
+    gt_lms: np.ndarray,
+    boxes: np.ndarray | None,
+    scorers: Scorers,
+    audio: np.ndarray | None,
+) -> Row:
+    """Every metric of one candidate frame sequence against the truth."""
+    start = time.perf_counter()
+    per = image_metrics(frames, gt, boxes)
+    per["lmd"] = lm.lmd(lms, gt_lms)
+    per["lmd_iod"] = per["lmd"] / lm.inter_ocular(gt_lms)
+    per["opening"] = lm.mouth_opening(lms)
+    if scorers.lpips is not None:
+        per["lpips"] = lpips_frames(scorers.lpips, frames, gt)
+    scores = {}
+    if scorers.syncnet is not None and audio is not None:
+        scores = lse(scorers.syncnet, frames, lms, audio)
+    n_noface = int((~lm.valid_frames(lms)).sum())
+    log.info("scored %-40s in %.1f s", label, time.perf_counter() - start)
+    return Row(key, label, per, scores, n_noface)
+
+
+def evaluate_clip(
+    pred: np.ndarray,
+    gt: np.ndarray,
+    scorers: Scorers,
+    *,
+    name: str = "clip",
+    paths: tuple[str, str] = ("", ""),
+    baselines: bool = False,
+    shift: int = SHIFT_FRAMES,
+    fps: float = 25.0,
+    audio: np.ndarray | None = None,
+    gt_lms: np.ndarray | None = None,
+    notes: list[str] | None = None,
+) -> ClipResult:
+    """Score matched (T, H, W, 3) uint8 RGB clips; `audio` (16 kHz) enables SyncNet scores."""
+    notes = list(notes or [])
+    gt_lms = scorers.landmarker.track(gt) if gt_lms is None else gt_lms
+    pred_lms = scorers.landmarker.track(pred)
+    boxes = region_boxes(gt_lms, gt.shape[1:])
+    if boxes is None:
+        notes.append("no face found in the truth: mouth-region and landmark metrics are n/a")
+    k = shift_frames_for(len(gt), shift)
+    if baselines and k != shift:
+        notes.append(f"clip has only {len(gt)} frames: the shifted-truth baseline uses {k}")
+    candidates = [(PREDICTION, pred, pred_lms)]
+    if baselines:  # baseline landmarks are the truth's: their frames are the truth's frames
+        candidates += [
+            ("copy_reference", copy_reference(gt), np.broadcast_to(gt_lms[0], gt_lms.shape)),
+            ("shifted_truth", time_shift(gt, k), time_shift(gt_lms, k)),
+            ("truth", gt, gt_lms),
+        ]
+    rows = [
+        score_row(key, baseline_label(key, k, fps), f, f_lms, gt, gt_lms, boxes, scorers, audio)
+        for key, f, f_lms in candidates
+    ]
+    n_noface_gt = int((~lm.valid_frames(gt_lms)).sum())
+    gt_opening = lm.mouth_opening(gt_lms)
+    return ClipResult(name, *paths, len(gt), gt_opening, n_noface_gt, rows, notes)
+
+
+def _pooled(per: dict[str, np.ndarray]) -> dict[str, float]:
+    """Frame-pooled summaries: PSNR from the mean MSE, other metrics as means over frames."""
+    out = {"psnr": pooled_psnr(per["mse"]), "psnr_mouth": pooled_psnr(per["mse_mouth"])}
+    for key in ("ssim", "ssim_mouth", "lmd", "lmd_iod", "lpips"):
+        v = per.get(key)
+        ok = v is not None and np.isfinite(v).any()
+        out[key] = float(np.nanmean(v)) if ok else float("nan")
+    return out
+
+
+def summarize_row(row: Row, gt_opening: np.ndarray) -> dict[str, float]:
+    """Clip-level numbers of one row."""
+    out = _pooled(row.per_frame)
+    out["mouth_corr"] = lm.correlation(row.per_frame["opening"], gt_opening)
+    err = np.abs(row.per_frame["opening"] - gt_opening)
+    out["opening_mae"] = float(np.nanmean(err)) if np.isfinite(err).any() else float("nan")
+    out.update(row.scores)
+    return out
+
+
+def summarize_overall(clips: list[ClipResult]) -> dict[str, dict[str, float]]:
+    """Per row key: frames pooled over clips, correlation and SyncNet scores averaged over clips."""
+    out = {}
+    for key in dict.fromkeys(r.key for c in clips for r in c.rows):
+        rows = [(c, r) for c in clips for r in c.rows if r.key == key]
+        names = set().union(*(r.per_frame for _, r in rows))
+        per = {
+            n: np.concatenate([r.per_frame.get(n, np.full(c.n_frames, np.nan)) for c, r in rows])
+            for n in names
+        }
+        summary = _pooled(per)
+        clip_sums = [summarize_row(r, c.gt_opening) for c, r in rows]
+        for name in ("mouth_corr", "opening_mae", "lse_d", "lse_c"):
+            vals = np.array([s.get(name, np.nan) for s in clip_sums], np.float64)
+            summary[name] = float(np.nanmean(vals)) if np.isfinite(vals).any() else float("nan")
+        out[key] = summary
+    return out

@@ -1,0 +1,112 @@
+"""Image metrics on uint8 RGB frames: PSNR, SSIM, and the lower-face (mouth) region they use."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+MAX_VALUE = 255.0  # uint8 data range
+SSIM_SIGMA = 1.5  # Gaussian window of Wang et al. 2004 (11 x 11 after truncation at 3.5 sigma)
+SSIM_RADIUS = 5
+SSIM_K1, SSIM_K2 = 0.01, 0.03
+# iBUG-68 points that bound the lower face: jaw 2..14 (cheek level to chin) and the mouth 48..67
+LOWER_FACE_POINTS = np.r_[2:15, 48:68]
+REGION_MARGIN = 0.1  # box growth on each side, as a fraction of the box width/height
+
+
+def mse(pred: np.ndarray, gt: np.ndarray) -> float:
+    """Mean squared error of two same-shape uint8 images, in squared 8-bit levels."""
+    diff = pred.astype(np.float64) - gt.astype(np.float64)
+    return float(np.mean(diff * diff))
+
+
+def psnr_from_mse(mse_values: np.ndarray | float) -> np.ndarray | float:
+    """PSNR in dB from MSE (elementwise); inf where the MSE is 0."""
+    m = np.asarray(mse_values, np.float64)
+    with np.errstate(divide="ignore"):
+        out = 10.0 * np.log10(MAX_VALUE**2 / m)
+    return float(out) if out.ndim == 0 else out
+
+
+def psnr(pred: np.ndarray, gt: np.ndarray) -> float:
+    """Peak signal-to-noise ratio in dB of two same-shape uint8 images (inf when identical)."""
+    return psnr_from_mse(mse(pred, gt))
+
+
+def pooled_psnr(mse_values: np.ndarray) -> float:
+    """Clip PSNR from the mean per-frame MSE: inf only if every frame is identical, NaN if none."""
+    m = np.asarray(mse_values, np.float64)
+    m = m[~np.isnan(m)]
+    return psnr_from_mse(float(np.mean(m))) if m.size else float("nan")
+
+
+def _blur(x: np.ndarray) -> np.ndarray:
+    """Gaussian-window local mean of a float64 (H, W) map, SSIM's 11 x 11, sigma 1.5."""
+    k = 2 * SSIM_RADIUS + 1
+    return cv2.GaussianBlur(x, (k, k), SSIM_SIGMA, borderType=cv2.BORDER_REFLECT)
+
+
+def ssim(pred: np.ndarray, gt: np.ndarray) -> float:
+    """Mean SSIM over channels (Wang et al. 2004 Gaussian window; = skimage gaussian_weights)."""
+    if pred.ndim == 2:
+        pred, gt = pred[..., None], gt[..., None]
+    c1, c2 = (SSIM_K1 * MAX_VALUE) ** 2, (SSIM_K2 * MAX_VALUE) ** 2
+    r = SSIM_RADIUS
+    if min(pred.shape[:2]) <= 2 * r:
+        raise ValueError(f"SSIM needs images larger than {2 * r + 1} px, got {pred.shape[:2]}")
+    scores = []
+    for ch in range(pred.shape[2]):
+        x = pred[..., ch].astype(np.float64)
+        y = gt[..., ch].astype(np.float64)
+        mx, my = _blur(x), _blur(y)
+        vx, vy = _blur(x * x) - mx * mx, _blur(y * y) - my * my
+        cxy = _blur(x * y) - mx * my
+        num = (2 * mx * my + c1) * (2 * cxy + c2)
+        den = (mx * mx + my * my + c1) * (vx + vy + c2)
+        scores.append(float(np.mean((num / den)[r:-r, r:-r])))  # skimage crops the border too
+    return float(np.mean(scores))
+
+
+def lower_face_box(lms: np.ndarray, shape: tuple[int, ...]) -> np.ndarray | None:
+    """(x0, y0, x1, y1) int box of the lower face from (68, 2) landmarks; None if no face."""
+    pts = lms[LOWER_FACE_POINTS]
+    if not np.isfinite(pts).all():
+        return None
+    lo, hi = pts.min(0), pts.max(0)
+    pad = (hi - lo) * REGION_MARGIN
+    h, w = shape[:2]
+    x0, y0 = np.floor(lo - pad).astype(int)
+    x1, y1 = np.ceil(hi + pad).astype(int)
+    return np.array([max(0, x0), max(0, y0), min(w, x1), min(h, y1)])
+
+
+def region_boxes(lms: np.ndarray, shape: tuple[int, ...]) -> np.ndarray | None:
+    """(T, 4) lower-face boxes; faceless frames take the nearest found box; None if no face."""
+    boxes = [lower_face_box(frame_lms, shape) for frame_lms in lms]
+    found = [i for i, b in enumerate(boxes) if b is not None]
+    if not found:
+        return None
+    idx = np.asarray(found)
+    out = np.empty((len(boxes), 4), np.int64)
+    for i, b in enumerate(boxes):
+        out[i] = b if b is not None else boxes[int(idx[np.argmin(np.abs(idx - i))])]
+    return out
+
+
+def crop(frame: np.ndarray, box: np.ndarray) -> np.ndarray:
+    """The (y0:y1, x0:x1) part of a frame."""
+    x0, y0, x1, y1 = (int(v) for v in box)
+    return frame[y0:y1, x0:x1]
+
+
+def image_metrics(pred: np.ndarray, gt: np.ndarray, boxes: np.ndarray | None) -> dict:
+    """Per-frame MSE/SSIM over the whole frame and the lower-face boxes: dict of (T,) arrays."""
+    n = len(gt)
+    out = {k: np.full(n, np.nan) for k in ("mse", "ssim", "mse_mouth", "ssim_mouth")}
+    for t in range(n):
+        p, g = np.asarray(pred[t]), gt[t]
+        out["mse"][t], out["ssim"][t] = mse(p, g), ssim(p, g)
+        if boxes is not None:
+            pc, gc = crop(p, boxes[t]), crop(g, boxes[t])
+            out["mse_mouth"][t], out["ssim_mouth"][t] = mse(pc, gc), ssim(pc, gc)
+    return out

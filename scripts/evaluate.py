@@ -1,0 +1,144 @@
+"""Score generated talking-head clips against the truth, offline (DiffTalk's paper metrics).
+
+Example:
+    python scripts/evaluate.py --pred result.mp4 --gt truth.mp4 --baselines --out outputs/eval
+
+Inputs are videos (resampled to --fps) or folders of frames (sorted by their trailing number).
+Reports PSNR/SSIM over the frame and the lower face, LMD, mouth-opening correlation, and LPIPS /
+SyncNet LSE-D/LSE-C when their weights are given. Writes {out}/report.json, {out}/report.md and a
+plot {out}/{clip}.png per clip. Several clips: --pred a.mp4 b.mp4 --gt a_gt.mp4 b_gt.mp4.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from ldm.evaluation import WeightsError
+from ldm.evaluation import lpips as lpips_mod
+from ldm.evaluation import syncnet as syncnet_mod
+from ldm.evaluation.clips import ClipError, match_clips, read_audio, read_clip
+from ldm.evaluation.evaluate import SHIFT_FRAMES, ClipResult, Scorers, evaluate_clip
+from ldm.evaluation.report import markdown_tables, write_report
+
+log = logging.getLogger("evaluate")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Command-line options."""
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--pred", nargs="+", required=True, help="generated video(s) or frame folder(s)")
+    p.add_argument("--gt", nargs="+", required=True, help="ground truth, one per --pred")
+    p.add_argument("--out", default="outputs/evaluation", help="report folder")
+    p.add_argument("--baselines", action="store_true", help="add copy-reference/shifted rows")
+    p.add_argument("--shift-frames", type=int, default=SHIFT_FRAMES, help="shifted-truth offset")
+    p.add_argument("--fps", type=float, default=25.0, help="frame rate videos are read at")
+    p.add_argument("--max-frames", type=int, help="use at most the first N frames of each clip")
+    p.add_argument("--audio", nargs="+", help="driving audio per clip (default: pred, else gt)")
+    p.add_argument("--landmarker", choices=("dlib", "fan"), default="dlib")
+    p.add_argument("--lpips-weights", help="AlexNet-LPIPS state dict file or folder")
+    p.add_argument("--syncnet-weights", help="syncnet_v2.model state dict")
+    p.add_argument("-v", "--verbose", action="store_true")
+    args = p.parse_args(argv)
+    if len(args.pred) != len(args.gt):
+        p.error(f"{len(args.pred)} --pred but {len(args.gt)} --gt: give one truth per prediction")
+    if args.audio and len(args.audio) != len(args.gt):
+        p.error("give one --audio per clip")
+    return args
+
+
+def build_scorers(args: argparse.Namespace, notes: list[str]) -> tuple[Scorers, dict]:
+    """Landmarker plus LPIPS/SyncNet when their weights were given; statuses for the report."""
+    from ldm.preprocessing.landmarks import make_landmarker
+
+    status = {}
+    scorers = Scorers(make_landmarker(args.landmarker))
+    if args.lpips_weights:
+        scorers.lpips = lpips_mod.load_lpips(args.lpips_weights)
+        status["lpips"] = f"AlexNet-LPIPS v0.1 from {args.lpips_weights}"
+    else:
+        status["lpips"] = "skipped: no --lpips-weights"
+        notes.append(f"LPIPS skipped. {lpips_mod.ENABLE_HELP}.")
+    if args.syncnet_weights:
+        scorers.syncnet = syncnet_mod.load_syncnet(args.syncnet_weights)
+        status["syncnet"] = f"syncnet_v2 from {args.syncnet_weights}"
+    else:
+        status["syncnet"] = "skipped: no --syncnet-weights"
+        notes.append(f"LSE-C/LSE-D skipped. {syncnet_mod.ENABLE_HELP}.")
+    for key, value in status.items():
+        log.info("%s: %s", key, value)
+    return scorers, status
+
+
+def clip_audio(args: argparse.Namespace, i: int, notes: list[str]):
+    """Driving audio of clip i for SyncNet: --audio, else the prediction's, else the truth's."""
+    sources = [args.audio[i]] if args.audio else [args.pred[i], args.gt[i]]
+    for src in sources:
+        audio = read_audio(src)
+        if audio is not None:
+            log.info("SyncNet audio of clip %d: %s", i + 1, src)
+            return audio, str(src)
+    notes.append("no audio in " + " or ".join(map(str, sources)) + ": LSE-C/LSE-D skipped")
+    return None, None
+
+
+def evaluate_pair(args: argparse.Namespace, i: int, name: str, scorers: Scorers) -> ClipResult:
+    """Read, match and score the i-th prediction/truth pair."""
+    pred_path, gt_path = args.pred[i], args.gt[i]
+    gt = read_clip(gt_path, args.fps, args.max_frames)
+    pred = read_clip(pred_path, args.fps, args.max_frames)
+    log.info("%s: prediction %s %s, truth %s %s", name, pred_path, pred.shape, gt_path, gt.shape)
+    pred, gt, notes = match_clips(pred, gt, f"prediction {pred_path}", f"truth {gt_path}")
+    audio = None
+    if scorers.syncnet is not None:
+        audio, src = clip_audio(args, i, notes)
+        if src:
+            notes.append(f"LSE audio: {src}")
+    return evaluate_clip(
+        pred, gt, scorers, name=name, paths=(str(pred_path), str(gt_path)),
+        baselines=args.baselines, shift=args.shift_frames, fps=args.fps, audio=audio, notes=notes,
+    )  # fmt: skip
+
+
+def clip_names(paths: list[str]) -> list[str]:
+    """Unique clip names from the truth file names."""
+    names = []
+    for p in paths:
+        stem = Path(p).stem or Path(p).name
+        names.append(stem if stem not in names else f"{stem}_{len(names) + 1}")
+    return names
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the evaluation; 0 on success, 1 when an input or weight file cannot be used."""
+    args = parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+    notes: list[str] = []
+    try:
+        scorers, status = build_scorers(args, notes)
+        results = [
+            evaluate_pair(args, i, name, scorers) for i, name in enumerate(clip_names(args.gt))
+        ]
+    except (ClipError, WeightsError) as err:
+        log.error("cannot evaluate: %s", err)
+        return 1
+    settings = {
+        "fps": args.fps, "shift_frames": args.shift_frames, "landmarker": args.landmarker,
+        "baselines": args.baselines, "max_frames": args.max_frames, **status,
+    }  # fmt: skip
+    paths = write_report(results, args.out, settings, notes)
+    per_clip, overall = markdown_tables(results)
+    log.info("per clip:\n%s\n\noverall:\n%s", per_clip, overall)
+    for note in notes:
+        log.info("note: %s", note)
+    log.info("wrote %s", ", ".join(str(p) for p in paths.values()))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
