@@ -1,0 +1,162 @@
+"""Per-frame audio conditions: 50 Hz features -> (16, D) windows per video frame -> (8, 16, D).
+
+Time grid: feature step j is centred on audio sample j * 320 (16 kHz, 20 ms), so
+T50 = n_samples // 320 + 1 steps, and video frame k (25 fps, 0-based) starts at step 2k.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from functools import lru_cache
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+SAMPLE_RATE = 16000
+HOP = 320  # samples per 50 Hz step at 16 kHz
+STEPS_PER_FRAME = 2  # 50 Hz features per 25 fps video frame
+WINDOW = 16  # DeepSpeech steps per window (0.32 s)
+SMOOTH = 8  # windows stacked per frame (AD-NeRF smo_size)
+N_MELS = 29  # matches DeepSpeech's 29 character logits
+FEATURE_KINDS = ("logmel", "deepspeech", "wav2vec2", "hubert", "whisper")
+
+
+def n_steps(n_samples: int, sr: int = SAMPLE_RATE) -> int:
+    """Number of 50 Hz steps for an audio of n_samples at sr."""
+    return int(round(n_samples * SAMPLE_RATE / sr)) // HOP + 1
+
+
+def resample(wav: np.ndarray, sr: int, target: int = SAMPLE_RATE) -> np.ndarray:
+    """Resample mono float audio to `target` Hz (soxr, high quality)."""
+    wav = np.asarray(wav, np.float32)
+    if wav.ndim == 2:
+        wav = wav.mean(axis=1 if wav.shape[1] <= 8 else 0)
+    if sr == target:
+        return wav
+    import soxr
+
+    return soxr.resample(wav, sr, target).astype(np.float32)
+
+
+@lru_cache(maxsize=4)
+def _mel_basis(n_fft: int, n_mels: int, sr: int, fmin: float, fmax: float) -> np.ndarray:
+    """(n_mels, n_fft//2+1) Slaney mel filter bank (librosa.filters.mel, no numba JIT)."""
+    import librosa
+
+    return librosa.filters.mel(sr=sr, n_fft=n_fft, n_mels=n_mels, fmin=fmin, fmax=fmax)
+
+
+def power_spectrogram(wav: np.ndarray, n_fft: int, win: int, hop: int) -> np.ndarray:
+    """(n_fft//2+1, 1 + len//hop) power STFT, centred frames, reflect padding, Hann window."""
+    pad = n_fft // 2
+    mode = "reflect" if len(wav) > pad else "constant"
+    x = np.pad(np.asarray(wav, np.float32), pad, mode=mode)
+    frames = np.lib.stride_tricks.sliding_window_view(x, n_fft)[::hop]  # (T, n_fft)
+    window = np.zeros(n_fft, np.float32)
+    off = (n_fft - win) // 2
+    window[off : off + win] = np.hanning(win + 1)[:-1]  # periodic Hann
+    spec = np.fft.rfft(frames * window, axis=1)
+    return (spec.real**2 + spec.imag**2).T.astype(np.float32)
+
+
+def logmel(wav: np.ndarray, sr: int = SAMPLE_RATE, n_mels: int = N_MELS) -> np.ndarray:
+    """(T50, n_mels) natural-log mel power (+1e-6) at 50 Hz: 25 ms Hann window, 20 ms hop."""
+    wav = resample(wav, sr)
+    power = power_spectrogram(wav, n_fft=512, win=400, hop=HOP)
+    mel = _mel_basis(512, n_mels, SAMPLE_RATE, 0.0, SAMPLE_RATE / 2) @ power
+    return np.log(mel + 1e-6).T.astype(np.float32)
+
+
+def align_to_grid(feats: np.ndarray, n_target: int, stride: int, center: float) -> np.ndarray:
+    """Linearly resample encoder outputs (frame j centred at stride*j + center samples, 16 kHz)
+    onto the exact 50 Hz grid (step i centred at 320*i); returns (n_target, D)."""
+    feats = np.asarray(feats, np.float32)
+    if len(feats) == 0:
+        return np.zeros((n_target, feats.shape[-1]), np.float32)
+    pos = (np.arange(n_target) * HOP - center) / stride  # fractional source index
+    pos = np.clip(pos, 0, len(feats) - 1)
+    lo = np.floor(pos).astype(int)
+    hi = np.minimum(lo + 1, len(feats) - 1)
+    w = (pos - lo)[:, None].astype(np.float32)
+    return (1 - w) * feats[lo] + w * feats[hi]
+
+
+def extract_features(
+    wav: np.ndarray,
+    sr: int,
+    kind: str = "logmel",
+    model_path: str | None = None,
+    **kw,
+) -> np.ndarray:
+    """(T50, D) float32 features at 50 Hz: logmel (D=29), deepspeech (29), wav2vec2/hubert
+    (hidden size, from a local model dir), whisper (384 for tiny.en)."""
+    if kind == "logmel":
+        return logmel(wav, sr)
+    from ldm.preprocessing import audio_encoders as enc
+
+    wav16 = resample(wav, sr)
+    if kind == "deepspeech":
+        return enc.load_deepspeech(model_path, n_steps(len(wav16)))
+    if kind in ("wav2vec2", "hubert"):
+        return enc.hf_features(wav16, model_path, kind=kind, **kw)
+    if kind == "whisper":
+        return enc.whisper_features(wav16, model_path, **kw)
+    raise ValueError(f"unknown audio feature kind {kind!r}; choose from {FEATURE_KINDS}")
+
+
+def frame_windows(
+    feats: np.ndarray, n_frames: int, win: int = WINDOW, start: int = 0
+) -> np.ndarray:
+    """(n_frames, win, D): window k covers 50 Hz steps [2k - win/2, 2k + win/2), zero outside,
+    for frames k = start ... start + n_frames - 1 (0-based).
+
+    SPEC 1.3 step 4 (AD-NeRF): pad win/2 zero rows on both ends, windows of `win` with stride 2.
+    Missing steps at the end (audio shorter than the video) are zeros as well.
+    """
+    feats = np.asarray(feats, np.float32)
+    half = win // 2
+    first = STEPS_PER_FRAME * start - half  # first step needed (may be negative)
+    last = STEPS_PER_FRAME * (start + max(n_frames, 1) - 1) + half  # one past the last step
+    padded = np.zeros((last - first, feats.shape[1]), np.float32)
+    lo, hi = max(first, 0), min(last, len(feats))
+    if hi > lo:
+        padded[lo - first : hi - first] = feats[lo:hi]
+    idx = STEPS_PER_FRAME * np.arange(n_frames)[:, None] + np.arange(win)[None, :]
+    return padded[idx]
+
+
+def smooth_windows(windows: np.ndarray, size: int = SMOOTH) -> np.ndarray:
+    """(n_frames, size, win, D): frame f stacks windows f - size/2 ... f + size/2 - 1 (zero
+    outside the clip), the AD-NeRF [f-4, f+4) convention of SPEC 1.3 step 5."""
+    windows = np.asarray(windows, np.float32)
+    n = len(windows)
+    half = size // 2
+    padded = np.zeros((n + size, *windows.shape[1:]), np.float32)
+    padded[half : half + n] = windows
+    idx = np.arange(n)[:, None] + np.arange(size)[None, :]  # (n, size): f-half+j -> f+j
+    return padded[idx]
+
+
+def iter_smoothed(
+    feats: np.ndarray, n_frames: int, block: int = 256, size: int = SMOOTH
+) -> Iterator[tuple[int, np.ndarray]]:
+    """Yield (first frame, (b, size, 16, D) block) equal to smooth_windows(frame_windows(...))
+    without holding the whole clip's (T, 8, 16, D) array (long clips, wide features)."""
+    half = size // 2
+    for a in range(0, n_frames, block):
+        b = min(n_frames, a + block)
+        lo, hi = max(0, a - half), min(n_frames, b + half)
+        wins = np.zeros((b - a + size, WINDOW, feats.shape[1]), np.float32)  # frames a-half...
+        wins[lo - (a - half) : hi - (a - half)] = frame_windows(feats, hi - lo, start=lo)
+        idx = np.arange(b - a)[:, None] + np.arange(size)[None, :]
+        yield a, wins[idx]
+
+
+def audio_conditions(
+    wav: np.ndarray, sr: int, n_frames: int, kind: str = "logmel", model_path: str | None = None
+) -> np.ndarray:
+    """(n_frames, 8, 16, D) smoothed windows for a 25 fps clip of n_frames, from raw audio."""
+    feats = extract_features(wav, sr, kind=kind, model_path=model_path)
+    return smooth_windows(frame_windows(feats, n_frames))

@@ -1,0 +1,160 @@
+"""Turn talking-head videos into the DiffTalk dataset layout (SPEC sections 1-3).
+
+Example:
+    python scripts/preprocess.py a.mp4 b.webm videos_dir/ --out data/HDTF --workers 2
+
+Writes {out}/images/{id}_{frame}.jpg, landmarks/{id}_{frame}.lms, audio_smooth/{id}_{frame}.npy,
+data.txt, videos.tsv (id <-> source) and crops/{id}.json, plus the train/test key lists
+(default: next to the output root, i.e. data/data_train.txt and data/data_test.txt).
+Reruns skip finished videos; the exit code is 1 if any video failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import logging
+import sys
+from pathlib import Path
+
+from ldm.preprocessing.audio_encoders import FeatureError
+from ldm.preprocessing.audio_features import FEATURE_KINDS
+from ldm.preprocessing.dataset import parse_id_spec, write_lists
+from ldm.preprocessing.landmarks import LandmarkerError
+from ldm.preprocessing.pipeline import PreprocessOptions, preflight
+from ldm.preprocessing.runner import RunSummary, run
+
+log = logging.getLogger("preprocess")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Command-line options."""
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("videos", nargs="*", help="video files or folders of videos (any ffmpeg input)")
+    p.add_argument("--out", default="data/HDTF", help="dataset root (default: data/HDTF)")
+    p.add_argument("--train-list", help="default: {out}/../data_train.txt")
+    p.add_argument("--test-list", help="default: {out}/../data_test.txt")
+    g = p.add_argument_group("frames and landmarks")
+    g.add_argument("--size", type=int, default=256, help="side of the saved square crops")
+    g.add_argument(
+        "--crop",
+        choices=("fixed", "track"),
+        default="fixed",
+        help="one box per clip (HDTF-like) or a smoothed box that follows the face",
+    )
+    g.add_argument("--crop-scale", type=float, default=1.8, help="crop side / landmark extent")
+    g.add_argument("--landmarker", choices=("dlib", "fan"), default="dlib")
+    g.add_argument("--fan-model-dir", help="TORCH_HOME-style folder whose checkpoints/ has FAN")
+    g.add_argument("--max-gap", type=int, default=12, help="longest faceless run interpolated")
+    g.add_argument(
+        "--max-missing",
+        type=float,
+        default=0.25,
+        help="fail a clip with more faceless frames than this fraction",
+    )
+    g.add_argument("--max-frames", type=int, help="keep at most N frames (original lists: 1499)")
+    g = p.add_argument_group("audio")
+    g.add_argument("--audio-features", choices=FEATURE_KINDS, default="logmel")
+    g.add_argument("--audio-model", help="local model folder for wav2vec2/hubert/whisper")
+    g.add_argument("--features-dir", help="deepspeech: folder of {video_stem}.npy arrays")
+    g = p.add_argument_group("ids and splits")
+    g.add_argument("--start-id", type=int, default=1, help="first id for new videos")
+    g.add_argument("--id-map", help="TSV/space file of 'id path' lines fixing ids of videos")
+    g.add_argument("--test-ids", help="ids for the test list, e.g. 100-176")
+    g.add_argument("--test-videos", nargs="+", help="file names (or stems) for the test list")
+    g.add_argument(
+        "--test-fraction",
+        type=float,
+        default=0.1,
+        help="else the highest ceil(F * n) ids go to test (default 0.1)",
+    )
+    p.add_argument("--workers", type=int, default=1, help="videos processed in parallel")
+    p.add_argument("--overwrite", action="store_true", help="redo videos already finished")
+    p.add_argument("--lists-only", action="store_true", help="only rewrite data.txt and lists")
+    p.add_argument("-v", "--verbose", action="store_true")
+    return p.parse_args(argv)
+
+
+def read_id_map(path: str) -> dict[str, int]:
+    """Resolved source path -> id from 'id path' lines."""
+    out = {}
+    with open(path, newline="") as fh:
+        for row in csv.reader(fh, delimiter="\t" if "\t" in Path(path).read_text() else " "):
+            if row and row[0].strip().isdigit():
+                out[str(Path(row[1].strip()).resolve())] = int(row[0])
+    return out
+
+
+def options(args: argparse.Namespace) -> PreprocessOptions:
+    """PreprocessOptions from the command line."""
+    lm_kw = {"model_dir": args.fan_model_dir} if args.landmarker == "fan" else {}
+    return PreprocessOptions(
+        size=args.size,
+        landmarker=args.landmarker,
+        landmarker_kw=lm_kw,
+        audio_features=args.audio_features,
+        audio_model=args.audio_model,
+        features_dir=args.features_dir,
+        crop_mode=args.crop,
+        crop_scale=args.crop_scale,
+        max_gap=args.max_gap,
+        max_missing=args.max_missing,
+        max_frames=args.max_frames,
+        progress=sys.stderr.isatty(),
+    )
+
+
+def report(summary: RunSummary) -> None:
+    """Log the end-of-run summary."""
+    log.info(
+        "summary: %d processed, %d already done, %d failed",
+        len(summary.done),
+        len(summary.skipped),
+        len(summary.failed),
+    )
+    for r in summary.done:
+        t = ", ".join(f"{k} {v:.1f}s" for k, v in r.timings.items())
+        log.info("  ok   id %d  %s  %d frames  (%s)", r.id, r.source, r.n_frames, t)
+        for w in r.warnings:
+            log.warning("  note id %d  %s", r.id, w)
+    for src, msg in summary.failed:
+        log.error("  FAIL %s", msg if src in msg else f"{src}: {msg}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the preprocessing; 0 if every video succeeded, 1 if any failed, 2 on bad usage or a
+    missing landmark/feature model."""
+    args = parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+    root = Path(args.out)
+    if not args.videos and not args.lists_only:
+        log.error("no input videos given (see --help)")
+        return 2
+    summary = RunSummary()
+    if not args.lists_only:
+        fixed = read_id_map(args.id_map) if args.id_map else None
+        try:
+            preflight(options(args))
+        except (LandmarkerError, FeatureError) as exc:
+            log.error("%s", exc)
+            return 2
+        summary = run(
+            args.videos, root, options(args), args.workers, args.start_id, fixed, args.overwrite
+        )
+    write_lists(
+        root,
+        args.train_list or root.parent / "data_train.txt",
+        args.test_list or root.parent / "data_test.txt",
+        test_ids=parse_id_spec(args.test_ids),
+        test_videos=args.test_videos,
+        test_fraction=args.test_fraction,
+    )
+    report(summary)
+    return 0 if summary.ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
