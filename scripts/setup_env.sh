@@ -7,7 +7,7 @@ if [ ! -x .venv/bin/python ]; then
     "${PYTHON:-python3}" -m venv .venv
 fi
 stamp=".venv/.difftalk-installed"
-want="$(cat requirements.txt requirements-extras.txt 2>/dev/null | cksum) $TORCH_SPEC"
+want="$(cksum < requirements.txt) $TORCH_SPEC"
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
     echo "setting up .venv (first run or requirements changed) ..." >&2
     .venv/bin/python -m pip install -q "$TORCH_SPEC" 2> .venv/pip.log || { cat .venv/pip.log >&2; exit 1; }

@@ -180,7 +180,7 @@ def choose_test_ids(
     """Ids of the test split (split by video): explicit ids or video names if given, else the
     highest ceil(fraction * n) ids (as the original: train ids 1-99, test 100-176)."""
     if test_ids or test_videos:
-        names = set(test_videos or [])
+        names = {Path(n).name for n in test_videos or []}  # a path, a file name or a stem
         by_name = {
             i for i, m in metas.items() if {Path(m.source).name, Path(m.source).stem} & names
         }

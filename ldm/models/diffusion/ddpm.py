@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
+from ldm.models.diffusion.latent_cache import FirstStageCache
 from ldm.modules.diffusionmodules.util import extract_into_tensor, make_beta_schedule
 from ldm.modules.distributions import DiagonalGaussianDistribution
 from ldm.modules.ema import LitEma
@@ -232,6 +233,7 @@ class LatentDiffusion(DDPM):
         scale_factor: float = 1.0,
         scale_condition_latents: bool = False,  # original: masked/reference latents unscaled
         mask_loss_weight: float = 1.0,  # original: 1 (uniform); >1 weights the masked region
+        cache_first_stage: bool = False,  # keep latents of training frames (small datasets)
         ckpt_path: str | None = None,
         ignore_keys: tuple[str, ...] = (),
         **kwargs: Any,
@@ -240,6 +242,7 @@ class LatentDiffusion(DDPM):
         self.scale_factor = scale_factor
         self.scale_condition_latents = scale_condition_latents
         self.mask_loss_weight = mask_loss_weight
+        self.latent_cache = FirstStageCache() if cache_first_stage else None
         self.first_stage_model = instantiate_from_config(first_stage_config).eval()
         self.first_stage_model.requires_grad_(False)
         self.cond_stage_model_for_audio = instantiate_from_config(audio_config)
@@ -277,13 +280,27 @@ class LatentDiffusion(DDPM):
         """Batch images (B, H, W, 3) in [-1, 1] -> unscaled latents (B, C, h, w) on our device."""
         return self.encode_first_stage(to_bchw(images).to(self.device))
 
+    def encode_frames(self, batch: dict[str, Any], key: str, frame_key: str) -> torch.Tensor:
+        """Latents of ``batch[key]``; from the cache for training batches when it is on."""
+        if self.latent_cache is None or not self.training:
+            return self.encode_batch_images(batch[key])
+        kind = "image_mask" if key == "image_mask" else "image"  # a reference is a plain frame
+        return self.latent_cache.encode(
+            lambda idx: self.encode_batch_images(batch[key][idx]),
+            batch["frame_id"],
+            batch[frame_key],
+            kind,
+            self.device,
+        )
+
     def get_learned_conditioning(self, batch: dict[str, Any]) -> Cond:
         """Encode the four conditions of a batch into the dict the DiffusionWrapper reads."""
         cond_scale = self.scale_factor if self.scale_condition_latents else 1.0
         audio = batch["audio_smooth"].to(self.device, torch.float32)  # (B, 8, 16, D)
         return {
-            "masked_latent": cond_scale * self.encode_batch_images(batch["image_mask"]),
-            "reference_latent": cond_scale * self.encode_batch_images(batch["reference_img"]),
+            "masked_latent": cond_scale * self.encode_frames(batch, "image_mask", "frame"),
+            "reference_latent": cond_scale
+            * self.encode_frames(batch, "reference_img", "reference_frame"),
             "audio_feature": encode_audio(
                 self.cond_stage_model_for_audio, self.cond_stage_model_for_audio_smooth, audio
             ),
@@ -294,7 +311,7 @@ class LatentDiffusion(DDPM):
 
     def get_input(self, batch: dict[str, Any]) -> tuple[torch.Tensor, Cond, torch.Tensor | None]:
         """Batch -> (z_0 (B, C, h, w), conditions, loss weight map or None)."""
-        z = self.scale_factor * self.encode_batch_images(batch["image"])
+        z = self.scale_factor * self.encode_frames(batch, "image", "frame")
         weight = None
         if self.mask_loss_weight != 1.0 and "inpaint_mask" in batch:
             region = F.interpolate(
