@@ -293,3 +293,23 @@ def test_image_folder(tmp_path):
     image = dataset[0]["image"]
     assert len(dataset) == 1 and image.shape == (16, 16, 3) and image.dtype == np.float32
     assert image.min() >= -1 and image.max() <= 1 and image[..., 0].mean() > 0.9
+
+
+def test_image_folder_random_crops_are_windows_of_the_frame(tmp_path):
+    from PIL import Image
+
+    root = tmp_path / "images"
+    root.mkdir()
+    pixels = np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(root / "1_1.png")  # lossless, read by content
+    (root / "1_1.png").rename(root / "1_1.jpg")
+    full = ImageFolder(root, size=32)[0]["image"]
+    crops = [ImageFolder(root, size=32, crop_size=8)[0]["image"] for _ in range(20)]
+    assert all(c.shape == (8, 8, 3) for c in crops)
+    corners = set()
+    windows = [(y, x) for y in range(25) for x in range(25)]
+    for c in crops:
+        match = [(y, x) for y, x in windows if np.array_equal(full[y : y + 8, x : x + 8], c)]
+        assert match, "a crop is not a window of the frame"
+        corners.add(match[0])
+    assert len(corners) > 1  # random positions

@@ -30,9 +30,11 @@ class ImageFolder(Dataset):
         size: int,  # output side in pixels
         split_file: str | Path | None = None,  # one key per line; None = all *.jpg
         max_items: int | None = None,  # keep only the first max_items images
+        crop_size: int | None = None,  # random square crops of this side (cheap AE training)
     ) -> None:
         self.root = Path(root)
         self.size = size
+        self.crop_size = crop_size
         if not self.root.is_dir():
             raise FileNotFoundError(f"Image directory not found: {self.root}")
         if split_file is None:
@@ -56,4 +58,7 @@ class ImageFolder(Dataset):
         with Image.open(self.paths[index]) as img:
             img = img.convert("RGB").resize((self.size, self.size), Image.Resampling.BICUBIC)
             image = np.asarray(img, dtype=np.float32)
+        if self.crop_size is not None:  # the autoencoder is convolutional: patches train it too
+            y, x = np.random.randint(0, self.size - self.crop_size + 1, size=2)
+            image = image[y : y + self.crop_size, x : x + self.crop_size]
         return {"image": image / 127.5 - 1.0}
