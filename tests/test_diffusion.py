@@ -55,6 +55,9 @@ def test_q_sample_matches_its_closed_form(original_vectors):
 def test_ddim_timesteps_are_the_original_uniform_subset():
     assert make_ddim_timesteps(200, 1000)[[0, 1, -1]].tolist() == [1, 6, 996]
     assert len(make_ddim_timesteps(200, 1000)) == 200
+    for steps in (3, 27, 111, 333, 999):  # T % S != 0: LDM's range overran the schedule
+        ts = make_ddim_timesteps(steps, 1000)
+        assert len(ts) == steps and ts.max() <= 999
 
 
 def test_ddim_reproduces_the_original_sample(original_vectors):

@@ -13,11 +13,15 @@ if TYPE_CHECKING:
 
 
 def make_ddim_timesteps(num_ddim_steps: int, num_ddpm_timesteps: int) -> np.ndarray:
-    """LDM's "uniform" subset: 0, c, 2c, ... plus one, with c = T // S (S=200: 1, 6, ..., 996)."""
-    if not 0 < num_ddim_steps <= num_ddpm_timesteps:
-        raise ValueError(f"DDIM steps must be in 1..{num_ddpm_timesteps}, got {num_ddim_steps}")
+    """LDM's "uniform" subset: 0, c, 2c, ... plus one, with c = T // S (S=200: 1, 6, ..., 996).
+
+    Exactly S steps: where T % S != 0, LDM's ``range(0, T, c)`` yields more than S and its last
+    one (+1) runs past the schedule (S=3: t=1000); the first S of them are kept here.
+    """
+    if not 0 < num_ddim_steps < num_ddpm_timesteps:
+        raise ValueError(f"DDIM steps must be in 1..{num_ddpm_timesteps - 1}, got {num_ddim_steps}")
     c = num_ddpm_timesteps // num_ddim_steps
-    return np.asarray(list(range(0, num_ddpm_timesteps, c))) + 1
+    return np.arange(num_ddim_steps) * c + 1
 
 
 class DDIMSampler:

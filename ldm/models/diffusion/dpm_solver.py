@@ -38,8 +38,7 @@ PAPER_DDIM_STEPS = 200  # DPM-Solver starts where DDIM-200 starts (t = 996 of 10
 
 def ddim_start(num_timesteps: int, ddim_steps: int = PAPER_DDIM_STEPS) -> int:
     """The timestep at which a ``ddim_steps`` DDIM run evaluates x_T."""
-    last = int(make_ddim_timesteps(min(ddim_steps, num_timesteps), num_timesteps)[-1])
-    return min(last, num_timesteps - 1)  # LDM's "+1" overshoots when steps == T
+    return int(make_ddim_timesteps(min(ddim_steps, num_timesteps - 1), num_timesteps)[-1])
 
 
 def make_dpm_timesteps(

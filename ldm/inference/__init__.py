@@ -1,0 +1,1 @@
+"""Rendering: checkpoint loading, conditioning batches, sampling, paste-back and video output."""

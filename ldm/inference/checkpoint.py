@@ -1,0 +1,124 @@
+"""Build a LatentDiffusion from a config list and load a DiffTalk checkpoint into it, strictly."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from ldm.util import instantiate_from_config, load_state_dict_file
+
+logger = logging.getLogger(__name__)
+
+# Persistent buffers of the original LDM's DDPM; recomputed from the config here, so a checkpoint
+# may hold them (original files do) or not (ours do not).
+SCHEDULE_BUFFERS = (
+    "betas",
+    "alphas_cumprod",
+    "alphas_cumprod_prev",
+    "sqrt_alphas_cumprod",
+    "sqrt_one_minus_alphas_cumprod",
+    "log_one_minus_alphas_cumprod",
+    "sqrt_recip_alphas_cumprod",
+    "sqrt_recipm1_alphas_cumprod",
+    "posterior_variance",
+    "posterior_log_variance_clipped",
+    "posterior_mean_coef1",
+    "posterior_mean_coef2",
+    "lvlb_weights",
+    "logvar",
+)
+MAX_LISTED_KEYS = 12
+
+
+class CheckpointError(ValueError):
+    """A checkpoint is missing or does not fit the config; the message says what differs."""
+
+
+def load_config(paths: Sequence[str | Path]) -> DictConfig:
+    """OmegaConf.merge of the YAML files, left to right (as main.py's ``--base``)."""
+    missing = [str(p) for p in paths if not Path(p).is_file()]
+    if missing:
+        raise FileNotFoundError(f"config file(s) not found: {', '.join(missing)}")
+    return OmegaConf.merge(*(OmegaConf.load(p) for p in paths))
+
+
+def _listed(keys: Sequence[str]) -> str:
+    """Up to MAX_LISTED_KEYS keys, then how many more."""
+    keys = sorted(keys)
+    more = len(keys) - MAX_LISTED_KEYS
+    return ", ".join(keys[:MAX_LISTED_KEYS]) + (f" ... and {more} more" if more > 0 else "")
+
+
+def check_schedule(model: torch.nn.Module, state_dict: dict[str, torch.Tensor], ckpt: str) -> None:
+    """Refuse a checkpoint whose stored noise schedule differs from the config's."""
+    stored = state_dict.get("alphas_cumprod")
+    if stored is None:
+        return
+    ours = model.alphas_cumprod.detach().cpu().double()
+    if stored.shape != ours.shape or not torch.allclose(stored.double(), ours, atol=1e-5):
+        raise CheckpointError(
+            f"{ckpt}: its noise schedule (alphas_cumprod, {tuple(stored.shape)}) differs from "
+            f"the config's ({tuple(ours.shape)}; check timesteps/linear_start/linear_end)"
+        )
+
+
+def mismatch_report(model: torch.nn.Module, state_dict: dict[str, torch.Tensor]) -> str:
+    """Missing, unexpected and wrongly shaped keys of a strict load ('' if none)."""
+    ours = model.state_dict()
+    missing = [k for k in ours if k not in state_dict]
+    unexpected = [k for k in state_dict if k not in ours]
+    shapes = [
+        f"{k} {tuple(v.shape)} vs config {tuple(ours[k].shape)}"
+        for k, v in state_dict.items()
+        if k in ours and v.shape != ours[k].shape
+    ]
+    parts = []
+    if missing:
+        parts.append(f"{len(missing)} missing key(s): {_listed(missing)}")
+    if unexpected:
+        parts.append(f"{len(unexpected)} unexpected key(s): {_listed(unexpected)}")
+    if shapes:
+        parts.append(f"{len(shapes)} shape mismatch(es): {_listed(shapes)}")
+    return "; ".join(parts)
+
+
+def load_model(
+    config: DictConfig, ckpt: str | Path, device: str | torch.device = "cpu"
+) -> torch.nn.Module:
+    """Instantiate ``config.model`` and load ``ckpt`` strictly (schedule buffers excepted).
+
+    The first stage comes from the checkpoint when it holds ``first_stage_model.*`` (DiffTalk
+    checkpoints do), so the config's first-stage ``ckpt_path`` is then not needed.
+    """
+    ckpt = str(ckpt)
+    if not Path(ckpt).is_file():
+        raise CheckpointError(
+            f"checkpoint not found: {ckpt} (train one with main.py; it writes "
+            "logs/<run>/checkpoints/last.ckpt)"
+        )
+    try:
+        state_dict = load_state_dict_file(ckpt)
+    except Exception as exc:  # corrupt or not a torch file
+        raise CheckpointError(f"{ckpt}: cannot be read as a torch checkpoint ({exc})") from exc
+    config = OmegaConf.create(OmegaConf.to_container(config, resolve=True))
+    params = config.model.params
+    params.ckpt_path = None
+    if any(k.startswith("first_stage_model.") for k in state_dict):
+        params.first_stage_config.params.ckpt_path = None
+    model = instantiate_from_config(config.model)
+    check_schedule(model, state_dict, ckpt)
+    state_dict = {k: v for k, v in state_dict.items() if k not in SCHEDULE_BUFFERS}
+    stored_scale = state_dict.pop("scale_factor", None)  # LDM's scale_by_std buffer
+    if stored_scale is not None and float(stored_scale) != float(model.scale_factor):
+        logger.info("using the checkpoint's scale_factor %.6g", float(stored_scale))
+        model.scale_factor = float(stored_scale)
+    problems = mismatch_report(model, state_dict)
+    if problems:
+        raise CheckpointError(f"{ckpt} does not fit the config: {problems}")
+    model.load_state_dict(state_dict, strict=True)
+    logger.info("loaded %s (%d tensors)", ckpt, len(state_dict))
+    return model.eval().requires_grad_(False).to(device)

@@ -1,0 +1,144 @@
+"""Frames of a preprocessed portrait clip as TalkInference-style items, and length matching."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ldm.data.talk import (
+    INFERENCE_MASK_LANDMARK,
+    UPPER_FACE_LANDMARKS,
+    jaw_latent_mask,
+    load_image,
+)
+from ldm.preprocessing.audio_features import SAMPLE_RATE, audio_conditions
+from ldm.preprocessing.dataset import ClipMeta
+
+logger = logging.getLogger(__name__)
+
+FPS = 25.0
+LOOP_MODES = ("pingpong", "loop")
+
+
+class AudioTooShortError(ValueError):
+    """The driving audio is shorter than one video frame."""
+
+
+def frame_indices(n_source: int, n_out: int, mode: str = "pingpong") -> np.ndarray:
+    """(n_out,) 0-based source frame per output frame: the first n_out frames when the source is
+    long enough, else the source repeated ('loop': 0..n-1, 0..; 'pingpong': 0..n-1, n-2..1, 0..)."""
+    if n_source < 1 or n_out < 0:
+        raise ValueError(f"need at least one source frame, got {n_source}")
+    if mode not in LOOP_MODES:
+        raise ValueError(f"unknown loop mode {mode!r}; choose from {LOOP_MODES}")
+    k = np.arange(n_out)
+    if mode == "loop" or n_source == 1:
+        return k % n_source
+    period = 2 * (n_source - 1)
+    phase = k % period
+    return np.where(phase < n_source, phase, period - phase)
+
+
+def n_video_frames(n_samples: int, sr: int = SAMPLE_RATE, fps: float = FPS) -> int:
+    """Whole video frames within an audio of n_samples at sr (the mp4 muxer's -shortest would
+    drop a last frame that outlasts the audio)."""
+    n = int(n_samples * fps / sr + 1e-6)
+    if n < 1:
+        raise AudioTooShortError(
+            f"the audio lasts {n_samples / sr * 1000:.1f} ms, shorter than one video frame "
+            f"({1000 / fps:.0f} ms at {fps:g} fps)"
+        )
+    return n
+
+
+def driving_audio(
+    wav: np.ndarray, kind: str = "logmel", model_path: str | None = None
+) -> np.ndarray:
+    """(n_frames, 8, 16, D) smoothed audio windows of 16 kHz speech, one per 25 fps frame."""
+    return audio_conditions(wav, SAMPLE_RATE, n_video_frames(len(wav)), kind, model_path)
+
+
+def make_item(
+    image: np.ndarray,
+    lms: np.ndarray,
+    audio: np.ndarray,
+    scale: float,
+    latent_size: int,
+    mask_landmark: int = INFERENCE_MASK_LANDMARK,
+) -> dict[str, Any]:
+    """One TalkInference item from a frame (size, size, 3) in [-1, 1], its (68, 2) landmarks in
+    crop pixels (crop side = scale * size) and its audio windows (8, 16, D) (SPEC 3)."""
+    size = image.shape[0]
+    cut = int(lms[mask_landmark, 1] / scale)  # first masked row in the resized frame
+    image_mask = image.copy()
+    image_mask[cut:] = -1.0
+    return {
+        "image": image,
+        "image_mask": image_mask,
+        "landmarks": (lms[list(UPPER_FACE_LANDMARKS)] / scale).astype(np.float32),
+        "audio_smooth": audio.astype(np.float32),
+        "inference_mask": jaw_latent_mask(lms, round(scale * size), latent_size)[None],
+    }
+
+
+@dataclass
+class PortraitClip:
+    """A portrait preprocessed into ``root`` as clip ``vid`` (images/, landmarks/, crops/)."""
+
+    root: Path
+    meta: ClipMeta
+
+    @property
+    def n_frames(self) -> int:
+        """Frames 1..n_frames exist."""
+        return self.meta.n_frames
+
+    def image(self, frame: int, size: int) -> tuple[np.ndarray, float]:
+        """0-based frame's crop resized to size (size, size, 3) in [-1, 1], and crop/size scale."""
+        return load_image(self.root / "images" / f"{self.meta.id}_{frame + 1}.jpg", size)
+
+    def landmarks(self, frame: int) -> np.ndarray:
+        """(68, 2) landmarks of a 0-based frame in crop pixels (crop side = meta.size)."""
+        path = self.root / "landmarks" / f"{self.meta.id}_{frame + 1}.lms"
+        return np.loadtxt(path, dtype=np.float32)
+
+    def box(self, frame: int) -> list[int]:
+        """(x0, y0, side) crop box of a 0-based frame in source pixels."""
+        return self.meta.box_for(frame + 1)
+
+
+class PortraitItems(Sequence):
+    """Lazy TalkInference items: output frame k shows source frame ``indices[k]`` driven by
+    audio window ``audio[k]``."""
+
+    def __init__(
+        self,
+        clip: PortraitClip,
+        indices: np.ndarray,
+        audio: np.ndarray,
+        size: int,
+        latent_size: int,
+        mask_landmark: int = INFERENCE_MASK_LANDMARK,
+    ) -> None:
+        if len(indices) != len(audio):
+            raise ValueError(f"{len(indices)} frame indices for {len(audio)} audio windows")
+        self.clip, self.indices, self.audio = clip, indices, audio
+        self.size, self.latent_size, self.mask_landmark = size, latent_size, mask_landmark
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, k: int) -> dict[str, Any]:
+        src = int(self.indices[k])
+        image, scale = self.clip.image(src, self.size)
+        lms = self.clip.landmarks(src)
+        return make_item(image, lms, self.audio[k], scale, self.latent_size, self.mask_landmark)
+
+    def reference(self) -> np.ndarray:
+        """The clip's first frame (size, size, 3) in [-1, 1], the original's reference choice."""
+        return self.clip.image(0, self.size)[0]

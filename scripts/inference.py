@@ -1,0 +1,162 @@
+"""Render DiffTalk videos with sound.
+
+Drive any portrait with any speech (video or photo; audio in any format ffmpeg reads):
+    python scripts/inference.py --ckpt logs/run/checkpoints/last.ckpt \\
+        --config configs/latent-diffusion/talking.yaml \\
+        --video portrait.mp4 --audio speech.wav --out result.mp4 [--sampler dpm]
+
+The paper protocol over a split list (what inference.sh runs): per clip, frames, an mp4 with the
+clip's audio and a ground-truth side-by-side mp4:
+    python scripts/inference.py --ckpt last.ckpt --split data/data_test.txt --outdir logs/inference
+
+Exit code 0 on success, 1 when an input or the checkpoint is unusable (the message says why; no
+partial mp4 is left behind), 2 on bad usage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+import torch
+
+from ldm.inference.checkpoint import CheckpointError, load_config, load_model
+from ldm.inference.clip import LOOP_MODES
+from ldm.inference.portrait import PortraitJob, render_portrait
+from ldm.inference.render import REFERENCE_MODES, SAMPLERS, RenderOptions
+from ldm.inference.testlist import SplitJob, render_split
+from ldm.preprocessing.audio_features import FEATURE_KINDS
+from ldm.preprocessing.dataset import parse_id_spec
+
+log = logging.getLogger("inference")
+
+DEFAULT_CONFIG = [
+    "configs/latent-diffusion/talking.yaml",
+    "configs/latent-diffusion/talking-inference.yaml",
+]
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Command-line options."""
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--ckpt", required=True, help="DiffTalk checkpoint (Lightning .ckpt)")
+    p.add_argument("--config", nargs="+", default=DEFAULT_CONFIG, help="YAMLs merged in order")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    g = p.add_argument_group("portrait mode")
+    g.add_argument("--video", type=Path, help="portrait video to animate")
+    g.add_argument("--image", type=Path, help="... or a single photo")
+    g.add_argument("--audio", type=Path, help="driving speech (wav, mp3, m4a, flac, a video, ...)")
+    g.add_argument("--out", type=Path, help="result .mp4")
+    g.add_argument("--frames-dir", type=Path, help="also save the full-size frames as PNG here")
+    g.add_argument("--loop", choices=LOOP_MODES, default="pingpong", help="when speech is longer")
+    g.add_argument("--audio-features", choices=FEATURE_KINDS, default="logmel")
+    g.add_argument("--audio-model", help="local model folder for wav2vec2/hubert/whisper")
+    g.add_argument("--landmarker", choices=("dlib", "fan"), default="dlib")
+    g.add_argument("--crop", choices=("fixed", "track"), default="fixed")
+    g.add_argument("--crop-scale", type=float, default=1.8)
+    g = p.add_argument_group("test-list mode (the paper protocol)")
+    g.add_argument("--split", type=Path, help="key list, e.g. data/data_test.txt")
+    g.add_argument("--outdir", type=Path, default=Path("logs/inference"))
+    g.add_argument("--root", type=Path, help="dataset root (default: the config's)")
+    g.add_argument("--audio-id", type=int, help="drive every clip with this id's audio")
+    g.add_argument("--ids", help="only these clip ids, e.g. 100-110,120")
+    g.add_argument("--max-frames", type=int, help="at most N frames per clip")
+    g.add_argument("--image-format", choices=("png", "jpg"), default="png")
+    g = p.add_argument_group("sampling")
+    g.add_argument("--sampler", choices=SAMPLERS, default="ddim")
+    g.add_argument("--steps", type=int, help="default: 200 (ddim), 20 (dpm)")
+    g.add_argument("--eta", type=float, default=0.0)
+    g.add_argument("--reference", choices=REFERENCE_MODES, default="first")
+    g.add_argument("--shared-noise", action="store_true", help="one initial noise for all frames")
+    g.add_argument("--batch-size", type=int, default=8)
+    g.add_argument("--seed", type=int, default=0)
+    p.add_argument("-v", "--verbose", action="store_true")
+    args = p.parse_args(argv)
+    portrait = args.video is not None or args.image is not None
+    if portrait == (args.split is not None):
+        p.error("give either --video/--image (with --audio, --out) or --split")
+    if args.video is not None and args.image is not None:
+        p.error("--video and --image are exclusive")
+    if portrait and (args.audio is None or args.out is None):
+        p.error("portrait mode needs --audio and --out")
+    return args
+
+
+def render_options(args: argparse.Namespace) -> RenderOptions:
+    """RenderOptions from the command line."""
+    return RenderOptions(
+        sampler=args.sampler,
+        steps=args.steps,
+        eta=args.eta,
+        reference=args.reference,
+        shared_noise=args.shared_noise,
+        batch_size=args.batch_size,
+        seed=args.seed,
+        progress=sys.stderr.isatty(),
+    )
+
+
+def run(args: argparse.Namespace) -> None:
+    """Load the model and render in the chosen mode."""
+    opts = render_options(args)
+    config = load_config(args.config)
+    model = load_model(config, args.ckpt, args.device)
+    log.info(
+        "sampler %s, %d steps, eta %g, reference %s%s, seed %d",
+        opts.sampler,
+        opts.steps,
+        opts.eta,
+        opts.reference,
+        ", shared noise" if opts.shared_noise else "",
+        opts.seed,
+    )
+    if args.split is not None:
+        job = SplitJob(
+            split=args.split,
+            outdir=args.outdir,
+            root=args.root,
+            audio_id=args.audio_id,
+            ids=parse_id_spec(args.ids) or None,
+            max_frames=args.max_frames,
+            image_format=args.image_format,
+        )
+        render_split(model, config, job, opts)
+        return
+    job = PortraitJob(
+        audio=args.audio,
+        out=args.out,
+        video=args.video,
+        image=args.image,
+        frames_dir=args.frames_dir,
+        loop=args.loop,
+        audio_features=args.audio_features,
+        audio_model=args.audio_model,
+        landmarker=args.landmarker,
+        crop=args.crop,
+        crop_scale=args.crop_scale,
+    )
+    render_portrait(model, job, opts)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Render; 0 on success, 1 on an unusable input or checkpoint, 2 on bad usage."""
+    try:
+        args = parse_args(argv)
+    except SystemExit as exc:
+        return int(exc.code or 0)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        run(args)
+    except (CheckpointError, ValueError, RuntimeError, OSError) as exc:  # Video/Clip/Feature...
+        log.error("%s", exc, exc_info=args.verbose)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
