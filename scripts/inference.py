@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from ldm.inference.checkpoint import CheckpointError, load_config, load_model
+from ldm.inference.checkpoint import DEFAULT_CONFIG, CheckpointError, load_config, load_model
 from ldm.inference.clip import LOOP_MODES
 from ldm.inference.portrait import PortraitJob, render_portrait
 from ldm.inference.render import REFERENCE_MODES, SAMPLERS, RenderOptions
@@ -32,17 +32,14 @@ from ldm.preprocessing.dataset import parse_id_spec
 
 log = logging.getLogger("inference")
 
-DEFAULT_CONFIG = [
-    "configs/latent-diffusion/talking.yaml",
-    "configs/latent-diffusion/talking-inference.yaml",
-]
-
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Command-line options."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--ckpt", required=True, help="DiffTalk checkpoint (Lightning .ckpt)")
-    p.add_argument("--config", nargs="+", default=DEFAULT_CONFIG, help="YAMLs merged in order")
+    p.add_argument(
+        "--config", nargs="+", default=list(DEFAULT_CONFIG), help="YAMLs merged in order"
+    )
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     g = p.add_argument_group("portrait mode")
     g.add_argument("--video", type=Path, help="portrait video to animate")

@@ -97,3 +97,52 @@ def make_tiny_dataset(
 def tiny_dataset(tmp_path: Path) -> Path:
     """A 2-identity, 8-frame, 64 px dataset in a temporary directory (returns root/HDTF)."""
     return make_tiny_dataset(tmp_path)
+
+
+TINY_SIZE = 64  # frame side of the tiny trained model (16 x 16 latents)
+
+
+def tiny_config(model_channels: int = 32) -> OmegaConf:
+    """The small config shrunk to 64 px frames and a random first stage."""
+    cfg = small_config(model_channels=model_channels, image_size=TINY_SIZE // 4)
+    cfg.model.params.image_size = TINY_SIZE // 4
+    cfg.model.params.first_stage_config.params.ddconfig.resolution = TINY_SIZE
+    for split in ("train", "validation"):
+        cfg.data.params[split].params.size = TINY_SIZE
+    return cfg
+
+
+def make_tiny_checkpoint(tmp: Path) -> dict:
+    """Train a tiny model 40 steps on a synthetic dataset in ``tmp``; save it as a DiffTalk
+    checkpoint ({"state_dict": ...}) plus its config YAML.
+
+    Returns {"ckpt", "config", "data", "root"} (the same as tests/test_inference.py's ``tiny``).
+    """
+    import soundfile as sf
+    from torch.utils.data import DataLoader
+
+    from ldm.data.talk import TalkTrain
+    from ldm.preprocessing import synthetic
+    from ldm.util import instantiate_from_config
+
+    data = make_tiny_dataset(tmp, n_ids=2, n_frames=8, size=TINY_SIZE)
+    (data / "audio").mkdir()
+    sf.write(data / "audio" / "2.wav", synthetic.speech_like_audio(8 / 25 + 0.5), 16000)
+    torch.manual_seed(0)
+    cfg = tiny_config()
+    model = instantiate_from_config(cfg.model)
+    model.learning_rate = 2e-3
+    ds = TalkTrain(split_file=str(tmp / "data_train.txt"), root=str(data), size=TINY_SIZE)
+    opt = model.configure_optimizers()
+    model.train()
+    for step, batch in enumerate(DataLoader(ds, batch_size=4, shuffle=True)):
+        for _ in range(20):  # 2 batches x 20 = 40 steps
+            loss, _ = model.shared_step(batch)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            model.on_train_batch_end(None, batch, step)
+    ckpt, config = tmp / "tiny.ckpt", tmp / "tiny.yaml"
+    torch.save({"state_dict": model.state_dict()}, ckpt)
+    OmegaConf.save(cfg, config)
+    return {"ckpt": ckpt, "config": config, "data": data, "root": tmp}

@@ -34,6 +34,12 @@ SCHEDULE_BUFFERS = (
 MAX_LISTED_KEYS = 12
 
 
+DEFAULT_CONFIG = (  # the paper model with the original inference dataset merged over it
+    "configs/latent-diffusion/talking.yaml",
+    "configs/latent-diffusion/talking-inference.yaml",
+)
+
+
 class CheckpointError(ValueError):
     """A checkpoint is missing or does not fit the config; the message says what differs."""
 
