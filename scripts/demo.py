@@ -33,7 +33,7 @@ class Budget:
     ldm_steps: int
 
 
-FULL = Budget(seconds=60.0, ae_steps=1500, ldm_steps=3000)
+FULL = Budget(seconds=60.0, ae_steps=500, ldm_steps=1500)
 QUICK = Budget(seconds=20.0, ae_steps=300, ldm_steps=600)
 
 
