@@ -82,12 +82,12 @@ def train_small(steps: int, n: int = 8) -> torch.nn.Module:
     opt = model.configure_optimizers()
     model.train()
     start = time.perf_counter()
-    for step in range(steps):
+    for _ in range(steps):
         loss, _ = model.shared_step(batch)
         opt.zero_grad()
         loss.backward()
         opt.step()
-        model.on_train_batch_end(None, batch, step)
+        model.update_ema()
     logger.info("trained the small model %d steps in %.0f s (loss %.3f)", steps,
                 time.perf_counter() - start, loss.item())  # fmt: skip
     return model.eval().requires_grad_(False)

@@ -135,13 +135,13 @@ def make_tiny_checkpoint(tmp: Path) -> dict:
     ds = TalkTrain(split_file=str(tmp / "data_train.txt"), root=str(data), size=TINY_SIZE)
     opt = model.configure_optimizers()
     model.train()
-    for step, batch in enumerate(DataLoader(ds, batch_size=4, shuffle=True)):
+    for batch in DataLoader(ds, batch_size=4, shuffle=True):
         for _ in range(20):  # 2 batches x 20 = 40 steps
             loss, _ = model.shared_step(batch)
             opt.zero_grad()
             loss.backward()
             opt.step()
-            model.on_train_batch_end(None, batch, step)
+            model.update_ema()
     ckpt, config = tmp / "tiny.ckpt", tmp / "tiny.yaml"
     torch.save({"state_dict": model.state_dict()}, ckpt)
     OmegaConf.save(cfg, config)

@@ -107,7 +107,7 @@ def test_ema_warms_up_and_swaps_in_and_out(original_vectors):
     before = param.detach().clone()
     with torch.no_grad():
         param.add_(1.0)
-    model.on_train_batch_end(None, None, 0)  # first update: decay = min(0.9999, 2/11)
+    model.update_ema()  # first update: decay = min(0.9999, 2/11)
     shadow = model.model_ema.diffusion_modeltime_embed0weight
     torch.testing.assert_close(shadow, before + (1 - 2 / 11))
     with model.ema_scope():

@@ -14,7 +14,7 @@ import torch
 from omegaconf import OmegaConf
 from torch.utils.data import DataLoader
 
-from ldm.data.talk import TalkInference, TalkTrain
+from ldm.data.talk import TalkInference
 from ldm.inference.checkpoint import CheckpointError, load_config, load_model
 from ldm.inference.clip import frame_indices, n_video_frames
 from ldm.inference.paste import paste_face, paste_mask
@@ -23,11 +23,17 @@ from ldm.models.diffusion.ddim import DDIMSampler
 from ldm.models.diffusion.dpm_solver import DPMSolverSampler, make_dpm_timesteps
 from ldm.preprocessing import synthetic
 from ldm.preprocessing.video import ffmpeg_exe, probe, read_frames
-from ldm.util import instantiate_from_config
 
-from conftest import ROOT, SHARED_DATA, face_template, make_tiny_dataset, small_config
+from conftest import (
+    ROOT,
+    SHARED_DATA,
+    TINY_SIZE,
+    face_template,
+    make_tiny_checkpoint,
+    tiny_config,
+)
 
-SIZE = 64  # frame side of the tiny model (16 x 16 latents)
+SIZE = TINY_SIZE  # frame side of the tiny model (16 x 16 latents)
 
 
 def load_cli():
@@ -38,16 +44,6 @@ def load_cli():
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
-
-
-def tiny_config(model_channels: int = 32):
-    """The small config shrunk to 64 px frames and a random first stage."""
-    cfg = small_config(model_channels=model_channels, image_size=SIZE // 4)
-    cfg.model.params.image_size = SIZE // 4
-    cfg.model.params.first_stage_config.params.ddconfig.resolution = SIZE
-    for split in ("train", "validation"):
-        cfg.data.params[split].params.size = SIZE
-    return cfg
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -62,28 +58,7 @@ def one_thread():
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory: pytest.TempPathFactory) -> dict:
     """A tiny model trained 40 steps on the synthetic dataset: its checkpoint, config and data."""
-    tmp = tmp_path_factory.mktemp("tiny")
-    data = make_tiny_dataset(tmp, n_ids=2, n_frames=8, size=SIZE)
-    (data / "audio").mkdir()
-    sf.write(data / "audio" / "2.wav", synthetic.speech_like_audio(8 / 25 + 0.5), 16000)
-    torch.manual_seed(0)
-    cfg = tiny_config()
-    model = instantiate_from_config(cfg.model)
-    model.learning_rate = 2e-3
-    ds = TalkTrain(split_file=str(tmp / "data_train.txt"), root=str(data), size=SIZE)
-    opt = model.configure_optimizers()
-    model.train()
-    for step, batch in enumerate(DataLoader(ds, batch_size=4, shuffle=True)):
-        for _ in range(20):  # 2 batches x 20 = 40 steps
-            loss, _ = model.shared_step(batch)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            model.on_train_batch_end(None, batch, step)
-    ckpt, config = tmp / "tiny.ckpt", tmp / "tiny.yaml"
-    torch.save({"state_dict": model.state_dict()}, ckpt)
-    OmegaConf.save(cfg, config)
-    return {"ckpt": ckpt, "config": config, "data": data, "root": tmp}
+    return make_tiny_checkpoint(tmp_path_factory.mktemp("tiny"))
 
 
 @pytest.fixture(scope="module")

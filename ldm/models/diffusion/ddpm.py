@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
+from ldm.models.diffusion.image_logging import log_talking_images
 from ldm.models.diffusion.latent_cache import FirstStageCache
 from ldm.modules.diffusionmodules.util import extract_into_tensor, make_beta_schedule
 from ldm.modules.distributions import DiagonalGaussianDistribution
@@ -201,9 +202,15 @@ class DDPM(pl.LightningModule):
         self.log_dict(loss_dict, on_step=False, on_epoch=True, sync_dist=True)
         self.log_dict(loss_dict_ema, on_step=False, on_epoch=True, sync_dist=True)
 
-    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+    def update_ema(self) -> None:
+        """One EMA step of the UNet wrapper's weights (decay warms up, SPEC 4.6)."""
         if self.use_ema:
             self.model_ema(self.model)
+
+    def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
+        """Step the optimiser, then the EMA, so a checkpoint saved at batch end holds both."""
+        super().optimizer_step(*args, **kwargs)
+        self.update_ema()
 
     def trainable_parameters(self) -> list[nn.Parameter]:
         """Parameters the optimiser updates (the UNet here; subclasses add encoders)."""
@@ -319,6 +326,12 @@ class LatentDiffusion(DDPM):
             )  # (B, 1, h, w): 1 where the frame is masked
             weight = 1.0 + (self.mask_loss_weight - 1.0) * region
         return z, self.get_learned_conditioning(batch), weight
+
+    def log_images(
+        self, batch: dict[str, Any], n: int = 4, ddim_steps: int = 50, **kwargs: Any
+    ) -> dict[str, torch.Tensor]:
+        """Images for the ImageLogger: inputs, masked, reference, reconstruction, DDIM sample."""
+        return log_talking_images(self, batch, n, ddim_steps)
 
     def trainable_parameters(self) -> list[nn.Parameter]:
         """UNet plus the three condition encoders (trained jointly, SPEC 4.7)."""
