@@ -34,7 +34,7 @@ class Budget:
 
 
 FULL = Budget(seconds=60.0, ae_steps=500, ldm_steps=1500)
-QUICK = Budget(seconds=20.0, ae_steps=300, ldm_steps=600)
+QUICK = Budget(seconds=30.0, ae_steps=300, ldm_steps=1000)
 
 
 def run(step: str, cmd: list[str], out: Path) -> None:
