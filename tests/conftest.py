@@ -17,6 +17,32 @@ SHARED_DATA = SHARED / "data"
 torch.set_num_threads(min(2, torch.get_num_threads()))
 
 
+def load_script(name: str):
+    """``scripts/{name}.py`` as a module (scripts/ is not a package)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(f"{name}_cli", ROOT / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One torch thread for a module: on 2 cores shared with other jobs, 2 threads run ~10x
+    slower."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="session")
+def tiny(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """A tiny model trained 40 steps on a synthetic dataset: its checkpoint, config and data."""
+    return make_tiny_checkpoint(tmp_path_factory.mktemp("tiny"))
+
+
 def require(path: Path) -> Path:
     """Skip the calling test, with the reason, when a ../shared file is absent."""
     if not path.exists():

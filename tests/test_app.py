@@ -3,7 +3,6 @@ headless Chromium (Playwright) against scripts/app.py on a free localhost port."
 
 from __future__ import annotations
 
-import importlib.util
 import logging
 import os
 import shutil
@@ -18,13 +17,12 @@ import cv2
 import numpy as np
 import pytest
 import soundfile as sf
-import torch
 
 from ldm.app.studio import AppSettings, InputError, RenderRequest, Studio
 from ldm.preprocessing import synthetic
 from ldm.preprocessing.video import ffmpeg_exe, probe, read_frames
 
-from conftest import ROOT, SHARED_DATA, make_tiny_checkpoint
+from conftest import ROOT, SHARED_DATA, load_script
 
 CHROMIUM = Path(shutil.which("chromium") or "/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -45,27 +43,7 @@ RENDER_TIMEOUT_MS = 300_000  # two shared CPU cores: generous
 EXTRAS = "pip install -r requirements-app.txt"
 
 
-def load_app_cli():
-    """scripts/app.py as a module."""
-    spec = importlib.util.spec_from_file_location("app_cli", ROOT / "scripts/app.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One torch thread: on 2 cores shared with other jobs, 2 threads run ~10x slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory: pytest.TempPathFactory) -> dict:
-    """The tiny trained checkpoint of tests/conftest.py."""
-    return make_tiny_checkpoint(tmp_path_factory.mktemp("tiny"))
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
@@ -100,7 +78,7 @@ def test_without_a_checkpoint_the_page_says_how_to_get_one(tmp_path, monkeypatch
 def test_cli_says_how_to_install_gradio_when_missing(monkeypatch, caplog):
     monkeypatch.delitem(sys.modules, "ldm.app.ui", raising=False)
     monkeypatch.setitem(sys.modules, "gradio", None)  # import gradio -> ImportError
-    assert load_app_cli().main(["--port", "1"]) == 1
+    assert load_script("app").main(["--port", "1"]) == 1
     assert "pip install -r requirements-app.txt" in caplog.text
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import logging
 import wave
@@ -20,20 +19,14 @@ from ldm.evaluation.lpips import LPIPS, load_lpips, lpips_frames
 from ldm.evaluation.metrics import ssim
 from ldm.evaluation.syncnet import SyncNet, load_syncnet, lse
 
+from conftest import load_script
+
 REAL_CLIP = Path(__file__).resolve().parents[2] / "shared" / "data" / "hdtf" / "RD_Radio34_000.mp4"
 ROOT = Path(__file__).resolve().parents[1]
 N_SYNTH, N_REAL = 40, 40
 
 
-def _load_cli():
-    """scripts/evaluate.py as a module (scripts/ is not a package)."""
-    spec = importlib.util.spec_from_file_location("evaluate_cli", ROOT / "scripts" / "evaluate.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-cli = _load_cli()
+cli = load_script("evaluate")
 
 
 # --------------------------------------------------------------------------- fixtures

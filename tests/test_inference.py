@@ -25,40 +25,18 @@ from ldm.preprocessing import synthetic
 from ldm.preprocessing.video import ffmpeg_exe, probe, read_frames
 
 from conftest import (
-    ROOT,
     SHARED_DATA,
     TINY_SIZE,
     face_template,
-    make_tiny_checkpoint,
+    load_script,
     tiny_config,
 )
 
 SIZE = TINY_SIZE  # frame side of the tiny model (16 x 16 latents)
 
 
-def load_cli():
-    """scripts/inference.py as a module."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("inference_cli", ROOT / "scripts/inference.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One torch thread: on 2 cores shared with other jobs, 2 threads run ~10x slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory: pytest.TempPathFactory) -> dict:
-    """A tiny model trained 40 steps on the synthetic dataset: its checkpoint, config and data."""
-    return make_tiny_checkpoint(tmp_path_factory.mktemp("tiny"))
+pytestmark = pytest.mark.usefixtures("one_thread")
+INFERENCE = load_script("inference")
 
 
 @pytest.fixture(scope="module")
@@ -216,7 +194,7 @@ def test_video_portrait_with_longer_mp3_speech(tiny, tmp_path):
     audio = encode_audio_file(tmp_path / "speech.mp3", 1.63)  # 40 frames: ping-pong
     out, frames_dir = tmp_path / "result.mp4", tmp_path / "frames"
     argv = ["--video", video, "--audio", audio, "--out", out, "--frames-dir", frames_dir]
-    rc = load_cli().main(cli_args(tiny, *argv, "--sampler", "dpm", "--steps", "4"))
+    rc = INFERENCE.main(cli_args(tiny, *argv, "--sampler", "dpm", "--steps", "4"))
     assert rc == 0
     info = probe(out)
     n_out = len(read_frames(out, fps=None))
@@ -242,7 +220,7 @@ def test_photo_portrait_same_seed_same_video(tiny, tmp_path):
         out, frames_dir = tmp_path / f"{name}.mp4", tmp_path / name
         argv = ["--image", photo, "--audio", audio, "--out", out, "--frames-dir", frames_dir]
         extra = ["--steps", "4", "--reference", "progressive", "--shared-noise", "--seed", "3"]
-        assert load_cli().main(cli_args(tiny, *argv, *extra)) == 0
+        assert INFERENCE.main(cli_args(tiny, *argv, *extra)) == 0
         info = probe(out)
         assert (info.width, info.height) == (270, 270) and info.has_audio
         assert abs(len(read_frames(out, fps=None)) - 12.5) <= 1
@@ -256,7 +234,7 @@ def test_photo_portrait_same_seed_same_video(tiny, tmp_path):
 def test_split_mode_writes_frames_mp4_and_side_by_side(tiny, tmp_path):
     outdir = tmp_path / "out"
     argv = ["--split", tiny["root"] / "data_test.txt", "--root", tiny["data"], "--outdir", outdir]
-    assert load_cli().main(cli_args(tiny, *argv, "--steps", "4", "--batch-size", "4")) == 0
+    assert INFERENCE.main(cli_args(tiny, *argv, "--steps", "4", "--batch-size", "4")) == 0
     assert sorted(p.name for p in (outdir / "2" / "frames").iterdir()) == [
         f"{f:05d}.png" for f in range(1, 9)
     ]
@@ -267,7 +245,7 @@ def test_split_mode_writes_frames_mp4_and_side_by_side(tiny, tmp_path):
 
 
 def test_errors_are_clear_and_leave_no_mp4(tiny, tmp_path, caplog):
-    cli = load_cli()
+    cli = load_script("inference")
     video = synthetic.make_face_video(tmp_path / "portrait.mp4", seconds=0.4)
     speech = encode_audio_file(tmp_path / "speech.wav", 0.5)
     out = tmp_path / "out" / "result.mp4"
@@ -300,7 +278,7 @@ def test_real_hdtf_clip_driven_by_another_segment(tiny, tmp_path):
     video = SHARED_DATA / "hdtf" / "RD_Radio34_000.mp4"
     out = tmp_path / "radio.mp4"
     argv = ["--video", video, "--audio", speech, "--out", out, "--frames-dir", tmp_path / "f"]
-    assert load_cli().main(cli_args(tiny, *argv, "--sampler", "dpm", "--steps", "4")) == 0
+    assert INFERENCE.main(cli_args(tiny, *argv, "--sampler", "dpm", "--steps", "4")) == 0
     info = probe(out)
     assert (info.width, info.height, info.has_audio) == (512, 512, True)
     src = read_frames(video, max_frames=1)[0]

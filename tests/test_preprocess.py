@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import logging
 import os
 import shutil
@@ -24,20 +23,13 @@ from ldm.preprocessing.landmarks import make_landmarker
 from ldm.preprocessing.pipeline import PreprocessOptions, process_video
 from ldm.preprocessing.synthetic import encode, face_frames, make_face_video, speech_like_audio
 
-ROOT = Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / "shared" / "data"
+from conftest import ROOT, SHARED_DATA, load_script
+
+SHARED = SHARED_DATA
 
 
-def _load_script(name: str):
-    """Import scripts/{name}.py as a module (scripts/ is not a package)."""
-    spec = importlib.util.spec_from_file_location(f"{name}_cli", ROOT / "scripts" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-preprocess_cli = _load_script("preprocess")
-check_cli = _load_script("check_dataset")
+preprocess_cli = load_script("preprocess")
+check_cli = load_script("check_dataset")
 
 GOOD = {"good_30fps.mp4": 2.0, "good.webm": 1.6, "two_faces.mp4": 1.2}
 
