@@ -68,8 +68,8 @@ class DDIMSampler:
             index = len(self.timesteps) - i - 1
             ts = torch.full((shape[0],), int(step), device=dev, dtype=torch.long)
             if mask is not None:
-                known = self.model.q_sample(x0, ts, randn(x0.shape, generator, dev))
-                img = known * mask + (1.0 - mask) * img
+                abar = float(self.model.alphas_cumprod[int(step)])
+                img = inpaint_known(img, x0, mask, abar**0.5, (1 - abar) ** 0.5, generator)
             img = self.p_sample_ddim(img, cond, ts, index, generator)
         return img
 
@@ -91,6 +91,19 @@ class DDIMSampler:
         if float(sigma_t) > 0:
             x_prev = x_prev + sigma_t * randn(x.shape, generator, x.device)
         return x_prev
+
+
+def inpaint_known(
+    x: torch.Tensor,
+    x0: torch.Tensor,
+    mask: torch.Tensor,
+    alpha: float,
+    sigma: float,
+    generator: torch.Generator | None,
+) -> torch.Tensor:
+    """Replace the known region (mask 1) of x by alpha x0 + sigma noise, fresh noise each call."""
+    noised = alpha * x0 + sigma * randn(x0.shape, generator, x.device)
+    return noised * mask + (1.0 - mask) * x
 
 
 def randn(

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ldm.models.diffusion.ddim import make_ddim_timesteps, randn
+from ldm.models.diffusion.ddim import inpaint_known, make_ddim_timesteps, randn
 
 if TYPE_CHECKING:
     from ldm.models.diffusion.ddpm import DDPM, Cond
@@ -110,8 +110,7 @@ class DPMSolverSampler:
         n = len(self.timesteps) - 1
         for i in tqdm(range(n), disable=not progress, desc="DPM-Solver++"):
             if mask is not None:
-                noised = self.alpha[i] * x0 + self.sigma[i] * randn(x0.shape, generator, dev)
-                x = noised * mask + (1.0 - mask) * x
+                x = inpaint_known(x, x0, mask, self.alpha[i], self.sigma[i], generator)
             d = self.predict_x0(x, i, cond)
             h = self.lam[i + 1] - self.lam[i]
             first_order = d_prev is None or (i == n - 1 and n < LOWER_ORDER_FINAL_BELOW)
