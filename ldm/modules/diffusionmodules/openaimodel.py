@@ -107,57 +107,74 @@ class UNetModel(nn.Module):
             nn.Linear(time_embed_dim, time_embed_dim),
         )
 
-        def res(ch_in: int, ch_out: int) -> ResBlock:
-            return ResBlock(ch_in, time_embed_dim, dropout, ch_out)
-
-        def attn(ch: int) -> SpatialTransformer:
-            heads = ch // num_head_channels
-            return SpatialTransformer(
-                ch,
-                heads,
-                num_head_channels,
-                transformer_depth,
-                dropout,
-                context_dim,
-                use_checkpoint,
-            )
-
-        self.input_blocks = nn.ModuleList(
-            [TimestepEmbedSequential(nn.Conv2d(in_channels, model_channels, 3, padding=1))]
+        self._blocks = dict(
+            emb=time_embed_dim, dropout=dropout, head_ch=num_head_channels,
+            depth=transformer_depth, context_dim=context_dim, checkpoint=use_checkpoint,
+        )  # fmt: skip
+        mults = [model_channels * m for m in channel_mult]
+        skip_chans = self._make_input_blocks(
+            in_channels, mults, num_res_blocks, attention_resolutions
         )
-        skip_chans, ch, ds = [model_channels], model_channels, 1
-        for level, mult in enumerate(channel_mult):
+        ch, ds = mults[-1], 2 ** (len(mults) - 1)
+        self.middle_block = TimestepEmbedSequential(
+            self._res(ch, ch), self._attn(ch), self._res(ch, ch)
+        )
+        self._make_output_blocks(mults, num_res_blocks, attention_resolutions, skip_chans, ds)
+        self.out = nn.Sequential(
+            normalization(mults[0]),
+            nn.SiLU(),
+            zero_module(nn.Conv2d(model_channels, out_channels, 3, padding=1)),
+        )
+
+    def _res(self, ch_in: int, ch_out: int) -> ResBlock:
+        b = self._blocks
+        return ResBlock(ch_in, b["emb"], b["dropout"], ch_out)
+
+    def _attn(self, ch: int) -> SpatialTransformer:
+        b = self._blocks
+        return SpatialTransformer(
+            ch, ch // b["head_ch"], b["head_ch"], b["depth"], b["dropout"], b["context_dim"],
+            b["checkpoint"],
+        )  # fmt: skip
+
+    def _make_input_blocks(
+        self, in_channels: int, mults: list[int], num_res_blocks: int, attn_at: list[int]
+    ) -> list[int]:
+        """The encoder half; returns the channels of the activations kept for skips."""
+        self.input_blocks = nn.ModuleList(
+            [TimestepEmbedSequential(nn.Conv2d(in_channels, self.model_channels, 3, padding=1))]
+        )
+        skip_chans, ch, ds = [self.model_channels], self.model_channels, 1
+        for level, width in enumerate(mults):
             for _ in range(num_res_blocks):
-                layers: list[nn.Module] = [res(ch, mult * model_channels)]
-                ch = mult * model_channels
-                if ds in attention_resolutions:
-                    layers.append(attn(ch))
+                layers: list[nn.Module] = [self._res(ch, width)]
+                ch = width
+                if ds in attn_at:
+                    layers.append(self._attn(ch))
                 self.input_blocks.append(TimestepEmbedSequential(*layers))
                 skip_chans.append(ch)
-            if level != len(channel_mult) - 1:
+            if level != len(mults) - 1:
                 self.input_blocks.append(TimestepEmbedSequential(Downsample(ch)))
                 skip_chans.append(ch)
                 ds *= 2
+        return skip_chans
 
-        self.middle_block = TimestepEmbedSequential(res(ch, ch), attn(ch), res(ch, ch))
-
+    def _make_output_blocks(
+        self, mults: list[int], num_res_blocks: int, attn_at: list[int], skips: list[int], ds: int
+    ) -> None:
+        """The decoder half, consuming the skip channels from the deepest up."""
         self.output_blocks = nn.ModuleList([])
-        for level, mult in list(enumerate(channel_mult))[::-1]:
+        ch = mults[-1]
+        for level, width in list(enumerate(mults))[::-1]:
             for i in range(num_res_blocks + 1):
-                layers = [res(ch + skip_chans.pop(), model_channels * mult)]
-                ch = model_channels * mult
-                if ds in attention_resolutions:
-                    layers.append(attn(ch))
+                layers: list[nn.Module] = [self._res(ch + skips.pop(), width)]
+                ch = width
+                if ds in attn_at:
+                    layers.append(self._attn(ch))
                 if level and i == num_res_blocks:
                     layers.append(Upsample(ch))
                     ds //= 2
                 self.output_blocks.append(TimestepEmbedSequential(*layers))
-
-        self.out = nn.Sequential(
-            normalization(ch),
-            nn.SiLU(),
-            zero_module(nn.Conv2d(model_channels, out_channels, 3, padding=1)),
-        )
 
     def forward(
         self, x: torch.Tensor, timesteps: torch.Tensor, context: torch.Tensor | None = None
