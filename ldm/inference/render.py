@@ -19,7 +19,6 @@ from tqdm.auto import tqdm
 
 from ldm.models.diffusion.ddim import DDIMSampler, make_ddim_timesteps, randn
 from ldm.models.diffusion.dpm_solver import DPMSolverSampler
-from ldm.modules.encoders.modules import encode_audio
 
 logger = logging.getLogger(__name__)
 
@@ -84,29 +83,9 @@ class Renderer:
         """(C, h, w) of the diffusion latent."""
         return (self.model.channels, self.model.image_size, self.model.image_size)
 
-    def condition_scale(self) -> float:
-        """Scale of the masked/reference latents, as in LatentDiffusion.get_learned_conditioning."""
-        m = self.model
-        return m.scale_factor if m.scale_condition_latents else 1.0
-
     def encode_reference(self, image: torch.Tensor) -> torch.Tensor:
         """Reference image (H, W, 3) in [-1, 1] -> its condition latent (1, C, h, w)."""
-        return self.condition_scale() * self.model.encode_batch_images(image[None])
-
-    def conditions(self, batch: dict[str, Any], reference_latent: torch.Tensor) -> dict:
-        """The four conditions of a batch, with the clip's reference latent shared by all."""
-        m, n = self.model, len(batch["image_mask"])
-        audio = batch["audio_smooth"].to(m.device, torch.float32)  # (B, 8, 16, D)
-        return {
-            "masked_latent": self.condition_scale() * m.encode_batch_images(batch["image_mask"]),
-            "reference_latent": reference_latent.expand(n, -1, -1, -1),
-            "audio_feature": encode_audio(
-                m.cond_stage_model_for_audio, m.cond_stage_model_for_audio_smooth, audio
-            ),
-            "landmark_feature": m.cond_stage_model_for_ldm(
-                batch["landmarks"].to(m.device, torch.float32)
-            ),
-        }
+        return self.model.condition_scale * self.model.encode_batch_images(image[None])
 
     def sample_batch(
         self,
@@ -117,7 +96,7 @@ class Renderer:
     ) -> torch.Tensor:
         """Inpaint the masked latent region of a batch; returns decoded images (B, 3, H, W)."""
         m, o = self.model, self.opts
-        cond = self.conditions(batch, reference_latent)
+        cond = m.get_learned_conditioning(batch, reference_latent)
         x0 = m.scale_factor * m.encode_batch_images(batch["image"])  # (B, C, h, w)
         mask = batch["inference_mask"].to(m.device, torch.float32)  # (B, 1, h, w), 1 = known
         shape = tuple(x0.shape)

@@ -300,14 +300,30 @@ class LatentDiffusion(DDPM):
             self.device,
         )
 
-    def get_learned_conditioning(self, batch: dict[str, Any]) -> Cond:
-        """Encode the four conditions of a batch into the dict the DiffusionWrapper reads."""
-        cond_scale = self.scale_factor if self.scale_condition_latents else 1.0
+    @property
+    def condition_scale(self) -> float:
+        """Factor of the masked/reference latents (original: 1, they are never scaled)."""
+        return self.scale_factor if self.scale_condition_latents else 1.0
+
+    def get_learned_conditioning(
+        self, batch: dict[str, Any], reference_latent: torch.Tensor | None = None
+    ) -> Cond:
+        """Encode the four conditions of a batch into the dict the DiffusionWrapper reads.
+
+        ``reference_latent`` (1, C, h, w), already scaled, replaces encoding the batch's
+        reference images (a renderer encodes a clip's reference once).
+        """
         audio = batch["audio_smooth"].to(self.device, torch.float32)  # (B, 8, 16, D)
+        masked = self.condition_scale * self.encode_frames(batch, "image_mask", "frame")
+        if reference_latent is None:
+            reference = self.condition_scale * self.encode_frames(
+                batch, "reference_img", "reference_frame"
+            )
+        else:
+            reference = reference_latent.expand(len(masked), -1, -1, -1)
         return {
-            "masked_latent": cond_scale * self.encode_frames(batch, "image_mask", "frame"),
-            "reference_latent": cond_scale
-            * self.encode_frames(batch, "reference_img", "reference_frame"),
+            "masked_latent": masked,
+            "reference_latent": reference,
             "audio_feature": encode_audio(
                 self.cond_stage_model_for_audio, self.cond_stage_model_for_audio_smooth, audio
             ),
