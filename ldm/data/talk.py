@@ -12,6 +12,8 @@ import numpy as np
 from PIL import Image
 from torch.utils.data import Dataset
 
+from ldm.data.images import read_split_keys
+
 logger = logging.getLogger(__name__)
 
 UPPER_FACE_LANDMARKS = (0, 1, 2, 3, *range(13, 48))  # 39 points: no lower jaw, no mouth (SPEC 2)
@@ -54,9 +56,7 @@ def read_frame_counts(path: Path) -> list[int]:
 
 def read_keys(path: Path, max_items: int | None = None) -> np.ndarray:
     """Split list of ``{id}_{frame}`` keys -> compact (N, 2) int32 array (SPEC 1.5, bug 16)."""
-    if not path.is_file():
-        raise FileNotFoundError(f"split list {path} not found (one '<id>_<frame>' key per line)")
-    keys = [line.strip().split("_") for line in path.read_text().splitlines() if line.strip()]
+    keys = [key.split("_") for key in read_split_keys(path)]
     arr = np.asarray(keys, dtype=np.int32).reshape(-1, 2)
     if max_items is not None and len(arr) > max_items:  # evenly spread subset
         arr = arr[np.linspace(0, len(arr) - 1, max_items).round().astype(int)]
