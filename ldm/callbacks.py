@@ -343,3 +343,28 @@ class TrainReport(Callback):
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.record["end"] = state_digests(trainer, pl_module)
         self._write()
+
+
+class ProgressETA(Callback):
+    """Log ``step k/N (p%), s/step, ETA`` every ``every_n_steps`` optimiser steps (N = max_steps),
+    for runs watched from a log rather than a terminal (the demo)."""
+
+    def __init__(self, every_n_steps: int = 100, name: str = "train") -> None:
+        self.every_n_steps = every_n_steps
+        self.name = name
+        self.start: tuple[float, int] | None = None  # (time, step) when this process started
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.start = (time.perf_counter(), trainer.global_step)
+
+    def on_train_batch_end(self, trainer: pl.Trainer, *args: Any, **kwargs: Any) -> None:
+        step, total = trainer.global_step, trainer.max_steps
+        if not trainer.is_global_zero or step % self.every_n_steps or total <= 0:
+            return
+        t0, step0 = self.start
+        rate = (time.perf_counter() - t0) / max(1, step - step0)  # s/step, resumes included
+        eta = rate * (total - step)
+        logger.info(
+            "[%s] step %d/%d (%d%%), %.2f s/step, ETA %d:%02d min",
+            self.name, step, total, 100 * step // total, rate, eta // 60, eta % 60,
+        )  # fmt: skip

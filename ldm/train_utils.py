@@ -56,12 +56,13 @@ class ConfigError(ValueError):
 
 def load_config(base: list[str], overrides: list[str]) -> DictConfig:
     """Merge DEFAULT_LIGHTNING, the ``--base`` YAMLs (left to right) and dotlist overrides."""
-    configs = [OmegaConf.create({"lightning": DEFAULT_LIGHTNING})]
+    config = OmegaConf.create({"lightning": DEFAULT_LIGHTNING})
     for path in base:
         if not Path(path).is_file():
             raise FileNotFoundError(f"config file not found: {path}")
-        configs.append(OmegaConf.load(path))
-    config = OmegaConf.merge(*configs)
+        update = OmegaConf.load(path)
+        drop_retargeted(config, update)
+        config = OmegaConf.merge(config, update)
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"unrecognised argument {item!r}: overrides are written key=value")
@@ -70,6 +71,20 @@ def load_config(base: list[str], overrides: list[str]) -> DictConfig:
     check_targets(config)
     check_trainer_kwargs(dict(config.lightning.trainer))
     return config
+
+
+def drop_retargeted(config: DictConfig, update: DictConfig) -> None:
+    """Delete every node of ``config`` whose ``target`` the ``update`` changes, so that a later
+    YAML that swaps a class (e.g. a KL first stage for a VQ one) replaces its ``params`` instead
+    of inheriting keys the new class does not take."""
+    for key, new in update.items():
+        old = config.get(key) if isinstance(config, DictConfig) else None
+        if not (isinstance(old, DictConfig) and isinstance(new, DictConfig)):
+            continue
+        if "target" in new and "target" in old and new.target != old.target:
+            del config[key]
+        else:
+            drop_retargeted(old, new)
 
 
 def init_parameters(target: str) -> set[str] | None:

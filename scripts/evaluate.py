@@ -7,6 +7,7 @@ Inputs are videos (resampled to --fps) or folders of frames (sorted by their tra
 Reports PSNR/SSIM over the frame and the lower face, LMD, mouth-opening correlation, and LPIPS /
 SyncNet LSE-D/LSE-C when their weights are given. Writes {out}/report.json, {out}/report.md and a
 plot {out}/{clip}.png per clip. Several clips: --pred a.mp4 b.mp4 --gt a_gt.mp4 b_gt.mp4.
+--first-stage-frames adds a row for the truth passed through the first stage (one clip only).
 """
 
 from __future__ import annotations
@@ -16,11 +17,20 @@ import logging
 import sys
 from pathlib import Path
 
+import numpy as np
+
 from ldm.evaluation import WeightsError
 from ldm.evaluation import lpips as lpips_mod
 from ldm.evaluation import syncnet as syncnet_mod
 from ldm.evaluation.clips import ClipError, match_clips, read_audio, read_clip
-from ldm.evaluation.evaluate import SHIFT_FRAMES, ClipResult, Scorers, evaluate_clip
+from ldm.evaluation.evaluate import (
+    FIRST_STAGE,
+    SHIFT_FRAMES,
+    ClipResult,
+    Scorers,
+    baseline_label,
+    evaluate_clip,
+)
 from ldm.evaluation.report import markdown_tables, write_report
 
 log = logging.getLogger("evaluate")
@@ -40,12 +50,22 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--landmarker", choices=("dlib", "fan"), default="dlib")
     p.add_argument("--lpips-weights", help="AlexNet-LPIPS state dict file or folder")
     p.add_argument("--syncnet-weights", help="syncnet_v2.model state dict")
+    p.add_argument(
+        "--first-stage-frames", metavar="PATH",
+        help="video or frame folder of the truth encoded + decoded by the first stage and pasted\n"
+        "back (read like --pred); adds a 'first stage only' row. Single clip only.",
+    )  # fmt: skip
     p.add_argument("-v", "--verbose", action="store_true")
     args = p.parse_args(argv)
     if len(args.pred) != len(args.gt):
         p.error(f"{len(args.pred)} --pred but {len(args.gt)} --gt: give one truth per prediction")
     if args.audio and len(args.audio) != len(args.gt):
         p.error("give one --audio per clip")
+    if args.first_stage_frames and len(args.gt) > 1:
+        p.error(
+            f"--first-stage-frames is for a single clip, got {len(args.gt)} --pred/--gt pairs: "
+            "evaluate the clips one by one"
+        )
     return args
 
 
@@ -91,6 +111,10 @@ def evaluate_pair(args: argparse.Namespace, i: int, name: str, scorers: Scorers)
     pred = read_clip(pred_path, args.fps, args.max_frames)
     log.info("%s: prediction %s %s, truth %s %s", name, pred_path, pred.shape, gt_path, gt.shape)
     pred, gt, notes = match_clips(pred, gt, f"prediction {pred_path}", f"truth {gt_path}")
+    extra_rows = []
+    if args.first_stage_frames:
+        first, pred, gt = read_first_stage(args, pred, gt, notes)
+        extra_rows.append((FIRST_STAGE, baseline_label(FIRST_STAGE), first))
     audio = None
     if scorers.syncnet is not None:
         audio, src = clip_audio(args, i, notes)
@@ -99,7 +123,21 @@ def evaluate_pair(args: argparse.Namespace, i: int, name: str, scorers: Scorers)
     return evaluate_clip(
         pred, gt, scorers, name=name, paths=(str(pred_path), str(gt_path)),
         baselines=args.baselines, shift=args.shift_frames, fps=args.fps, audio=audio, notes=notes,
+        extra_rows=extra_rows,
     )  # fmt: skip
+
+
+def read_first_stage(
+    args: argparse.Namespace, pred: np.ndarray, gt: np.ndarray, notes: list[str]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """--first-stage-frames read and matched to the truth like --pred; (first, pred, gt) are
+    cut to one length and the changes added to `notes`."""
+    path = args.first_stage_frames
+    first = read_clip(path, args.fps, args.max_frames)
+    log.info("first stage only: %s %s", path, first.shape)
+    first, gt, more = match_clips(first, gt, f"first stage {path}", f"truth {args.gt[0]}")
+    notes += [*more, f"first stage only: {path}"]
+    return first, pred[: len(gt)], gt
 
 
 def clip_names(paths: list[str]) -> list[str]:
@@ -129,7 +167,8 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     settings = {
         "fps": args.fps, "shift_frames": args.shift_frames, "landmarker": args.landmarker,
-        "baselines": args.baselines, "max_frames": args.max_frames, **status,
+        "baselines": args.baselines, "max_frames": args.max_frames,
+        "first_stage_frames": args.first_stage_frames, **status,
     }  # fmt: skip
     paths = write_report(results, args.out, settings, notes)
     per_clip, overall = markdown_tables(results)

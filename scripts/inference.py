@@ -69,6 +69,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     g.add_argument("--shared-noise", action="store_true", help="one initial noise for all frames")
     g.add_argument("--batch-size", type=int, default=8)
     g.add_argument("--seed", type=int, default=0)
+    g.add_argument(
+        "--first-stage-only",
+        action="store_true",
+        help="no sampling: each frame through the first stage only (the model's ceiling)",
+    )
     p.add_argument("-v", "--verbose", action="store_true")
     args = p.parse_args(argv)
     portrait = args.video is not None or args.image is not None
@@ -91,6 +96,7 @@ def render_options(args: argparse.Namespace) -> RenderOptions:
         shared_noise=args.shared_noise,
         batch_size=args.batch_size,
         seed=args.seed,
+        first_stage_only=args.first_stage_only,
         progress=sys.stderr.isatty(),
     )
 

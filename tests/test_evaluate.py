@@ -14,9 +14,16 @@ import torch
 
 from ldm.evaluation import landmark_metrics as lm
 from ldm.evaluation.clips import match_clips, read_clip
-from ldm.evaluation.evaluate import Scorers, evaluate_clip, summarize_row
+from ldm.evaluation.evaluate import (
+    FIRST_STAGE,
+    Scorers,
+    baseline_label,
+    evaluate_clip,
+    summarize_overall,
+    summarize_row,
+)
 from ldm.evaluation.lpips import LPIPS, load_lpips, lpips_frames
-from ldm.evaluation.metrics import ssim
+from ldm.evaluation.metrics import region_boxes, ssim
 from ldm.evaluation.syncnet import SyncNet, load_syncnet, lse
 
 from conftest import load_script
@@ -24,6 +31,7 @@ from conftest import load_script
 REAL_CLIP = Path(__file__).resolve().parents[2] / "shared" / "data" / "hdtf" / "RD_Radio34_000.mp4"
 ROOT = Path(__file__).resolve().parents[1]
 N_SYNTH, N_REAL = 40, 40
+N_SHORT = 10  # frames of the sharpness / first-stage tests
 
 
 cli = load_script("evaluate")
@@ -120,6 +128,34 @@ def _blur_mouth(frames: np.ndarray, lms: np.ndarray) -> np.ndarray:
         ys, xs = _lip_box(lms[t])
         out[t, ys, xs] = cv2.GaussianBlur(out[t, ys, xs], (0, 0), 5)
     return out
+
+
+def _blur(frames: np.ndarray, sigma: float) -> np.ndarray:
+    """Whole-frame Gaussian blur of every frame."""
+    return np.stack([cv2.GaussianBlur(f, (0, 0), sigma) for f in frames])
+
+
+def _grain(frames: np.ndarray, sigma: float = 20.0, seed: int = 2) -> np.ndarray:
+    """Copy with grey pixel noise (the same on R, G and B, so it is all in the luma)."""
+    noise = np.random.default_rng(seed).normal(0, sigma, frames.shape[:3])[..., None]
+    return np.clip(frames + noise, 0, 255).astype(np.uint8)
+
+
+def _own_sharpness(frames: np.ndarray, gt: np.ndarray, gt_lms: np.ndarray) -> float:
+    """The documented mouth sharpness, written out: pooled band-pass energies, method / truth."""
+    energies = np.zeros(2)
+    for box, f, g in zip(region_boxes(gt_lms, gt.shape[1:]), frames, gt, strict=True):
+        x0, y0, x1, y1 = box
+        for i, img in enumerate((f, g)):
+            y = cv2.cvtColor(img[y0:y1, x0:x1].astype(np.float32), cv2.COLOR_RGB2GRAY)
+            band = cv2.GaussianBlur(y, (0, 0), 1) - cv2.GaussianBlur(y, (0, 0), 3)
+            energies[i] += np.mean(band.astype(np.float64) ** 2)
+    return energies[0] / energies[1]
+
+
+def _rows(res) -> dict[str, dict]:
+    """Summary of every row of a ClipResult, by key, in row order."""
+    return {r.key: summarize_row(r, res.gt_opening) for r in res.rows}
 
 
 def _freeze_mouth(frames: np.ndarray, lms: np.ndarray) -> np.ndarray:
@@ -235,6 +271,99 @@ def test_baselines_rows(synth, landmarker):
     assert rows["copy_reference"]["opening_mae"] > 0.02
     assert rows["shifted_truth"]["mouth_corr"] < 0.6 and rows["truth"]["mouth_corr"] == 1.0
     assert np.isfinite(rows["shifted_truth"]["psnr"]) and rows["truth"]["psnr"] == np.inf
+
+
+def _short(clip: str, request) -> tuple[np.ndarray, np.ndarray]:
+    """The first N_SHORT frames of a clip fixture and its truth landmarks."""
+    d = request.getfixturevalue(clip)
+    gt_lms = d["lms"] if clip == "synth" else request.getfixturevalue("real_lms")
+    return d["frames"][:N_SHORT], gt_lms[:N_SHORT]
+
+
+@pytest.mark.parametrize("clip", ["synth", "real"])
+def test_mouth_sharpness_truth_blur_and_noise(clip, request, landmarker):
+    """Truth scores exactly 1, a sigma-2 blur < 0.5, added grain > 1, copy-reference finite;
+    the values are the documented pooled band-pass ratio."""
+    gt, gt_lms = _short(clip, request)
+    blurred, grainy = _blur(gt, 2.0), _grain(gt)
+    extra = [("blurred", "blurred copy", blurred), ("grainy", "grainy copy", grainy)]
+    res = evaluate_clip(
+        gt, gt, Scorers(landmarker), gt_lms=gt_lms, baselines=True, shift=4, extra_rows=extra
+    )
+    rows = _rows(res)
+    assert rows["prediction"]["sharpness_mouth"] == 1.0 and rows["truth"]["sharpness_mouth"] == 1.0
+    assert rows["blurred"]["sharpness_mouth"] < 0.5
+    assert rows["grainy"]["sharpness_mouth"] > 1.05
+    assert np.isfinite(rows["copy_reference"]["sharpness_mouth"])
+    for key, frames in (("blurred", blurred), ("grainy", grainy)):
+        expected = _own_sharpness(frames, gt, gt_lms)
+        assert rows[key]["sharpness_mouth"] == pytest.approx(expected, rel=1e-4)
+    per = res.rows[1].per_frame
+    assert per["hf_mouth"].shape == (N_SHORT,) and (per["hf_mouth_truth"] > 0).all()
+
+
+def test_sharpness_exposes_a_smeared_mouth_that_psnr_rewards(real, real_lms, landmarker):
+    """A lip blur beats both baselines on mouth PSNR, yet its sharpness is well below 1 and below
+    the shifted truth's (real frames, wrong timing). Copy-reference is not compared: its
+    sharpness is that of one frame's content (a closed mouth has less detail) and varies."""
+    gt, gt_lms = real["frames"][:N_SHORT], real_lms[:N_SHORT]
+    res = evaluate_clip(
+        _blur_mouth(gt, gt_lms), gt, Scorers(landmarker), gt_lms=gt_lms, baselines=True, shift=4
+    )
+    rows = _rows(res)
+    pred = rows["prediction"]
+    for key in ("copy_reference", "shifted_truth"):
+        assert pred["psnr_mouth"] > rows[key]["psnr_mouth"]
+    assert pred["sharpness_mouth"] < 0.9
+    assert pred["sharpness_mouth"] < rows["shifted_truth"]["sharpness_mouth"] - 0.1
+
+
+def test_overall_sharpness_pools_frames_over_clips(synth, landmarker):
+    """Over clips, energies are pooled then divided: not the mean of the clip ratios."""
+    gt, gt_lms = synth["frames"], synth["lms"]
+    a = evaluate_clip(gt[:3], gt[:3], Scorers(landmarker), gt_lms=gt_lms[:3])
+    b = evaluate_clip(_blur(gt[3:12], 2.0), gt[3:12], Scorers(landmarker), gt_lms=gt_lms[3:12])
+    pooled = summarize_overall([a, b])["prediction"]["sharpness_mouth"]
+    clip_ratios = [summarize_row(c.rows[0], c.gt_opening)["sharpness_mouth"] for c in (a, b)]
+    per = [c.rows[0].per_frame for c in (a, b)]
+    energy = sum(p["hf_mouth"].sum() for p in per)
+    truth_energy = sum(p["hf_mouth_truth"].sum() for p in per)
+    assert pooled == pytest.approx(energy / truth_energy, rel=1e-12)
+    assert abs(pooled - np.mean(clip_ratios)) > 0.05  # 3 sharp + 9 blurred frames, not 1:1
+
+
+def test_first_stage_row(synth, landmarker):
+    """The truth as first-stage frames scores like the truth; a blurred copy loses mouth PSNR
+    and sharpness, more so when blurred more. The row comes right after the prediction."""
+    gt, gt_lms = synth["frames"][:N_SHORT], synth["lms"][:N_SHORT]
+    label = baseline_label(FIRST_STAGE)
+    res = evaluate_clip(
+        _blur_mouth(gt, gt_lms), gt, Scorers(landmarker), gt_lms=gt_lms, baselines=True,
+        shift=4, extra_rows=[(FIRST_STAGE, label, gt)],
+    )  # fmt: skip
+    assert [r.key for r in res.rows] == [
+        "prediction", FIRST_STAGE, "copy_reference", "shifted_truth", "truth",
+    ]  # fmt: skip
+    assert res.rows[1].label == label and "first stage only" in label
+    s = _rows(res)[FIRST_STAGE]
+    assert s["psnr"] == np.inf and s["psnr_mouth"] == np.inf
+    assert s["lmd"] == pytest.approx(0.0, abs=1e-6) and s["sharpness_mouth"] == 1.0
+    extra = [(FIRST_STAGE, label, _blur(gt, 1.0)), ("more", "more blur", _blur(gt, 2.0))]
+    rows = _rows(evaluate_clip(gt, gt, Scorers(landmarker), gt_lms=gt_lms, extra_rows=extra))
+    soft, more = rows[FIRST_STAGE], rows["more"]
+    assert np.isfinite(soft["psnr_mouth"]) and soft["sharpness_mouth"] < 1.0
+    assert more["psnr_mouth"] < soft["psnr_mouth"] - 1.0
+    assert more["sharpness_mouth"] < soft["sharpness_mouth"]
+
+
+def test_extra_rows_are_checked(synth, landmarker):
+    """A taken key or frames of another shape are refused."""
+    gt = synth["frames"][:4]
+    scorers = Scorers(landmarker)
+    with pytest.raises(ValueError, match="already a row"):
+        evaluate_clip(gt, gt, scorers, gt_lms=synth["lms"][:4], extra_rows=[("truth", "t", gt)])
+    with pytest.raises(ValueError, match="truth"):
+        evaluate_clip(gt, gt, scorers, gt_lms=synth["lms"][:4], extra_rows=[("x", "x", gt[:3])])
 
 
 # --------------------------------------------------------------------------- inputs
@@ -378,6 +507,8 @@ def test_cli_writes_report_files(tmp_path, synth, synth_video):
     assert any("LSE audio" in n and "truth.mp4" in n for n in clip["notes"])
     md = (out / "report.md").read_text()
     assert "| clip | method | PSNR ↑ | SSIM ↑ | mouth PSNR ↑" in md and "LSE-C ↑" in md
+    assert "mouth sharpness" in md and 0 < pred_sum["sharpness_mouth"] < 1  # the lips are blurred
+    assert truth_sum["sharpness_mouth"] == 1.0
     img = cv2.imread(clip["plot"])
     assert img is not None and img.shape[0] > 300 and img.shape[1] > 600
 
@@ -392,3 +523,34 @@ def test_cli_without_weights_says_what_was_skipped(tmp_path, synth_video, caplog
     assert "LPIPS skipped" in md and "--lpips-weights" in md
     assert "LSE-C/LSE-D skipped" in md and "--syncnet-weights" in md
     assert "LPIPS ↓" not in md and "LPIPS skipped" in caplog.text
+
+
+def test_cli_first_stage_frames_row(tmp_path, synth, synth_video):
+    """--first-stage-frames (a folder, smaller and shorter) is resized and truncated like --pred,
+    and its row is in report.json (after the prediction) and in report.md."""
+    first = tmp_path / "first"
+    first.mkdir()
+    for i, f in enumerate(_blur(synth["frames"][:6], 1.5)):
+        cv2.imwrite(str(first / f"{i}.png"), cv2.resize(f, (128, 128))[:, :, ::-1])
+    out = tmp_path / "report"
+    argv = ["--pred", str(synth_video), "--gt", str(synth_video), "--out", str(out)]
+    argv += ["--first-stage-frames", str(first), "--max-frames", "8", "--baselines"]
+    assert cli.main(argv) == 0
+    rep = json.loads((out / "report.json").read_text())
+    clip = rep["clips"][0]
+    assert list(clip["rows"])[:2] == ["prediction", FIRST_STAGE] and clip["frames"] == 6
+    row = clip["rows"][FIRST_STAGE]
+    assert row["label"] == baseline_label(FIRST_STAGE) and len(row["per_frame"]["hf_mouth"]) == 6
+    assert 0 < row["summary"]["sharpness_mouth"] < 1 and isinstance(row["summary"]["psnr"], float)
+    assert FIRST_STAGE in rep["overall"] and rep["settings"]["first_stage_frames"] == str(first)
+    assert any("resized" in n for n in clip["notes"])
+    md = (out / "report.md").read_text()
+    assert f"| {baseline_label(FIRST_STAGE)} |" in md and "mouth sharpness" in md
+
+
+def test_cli_first_stage_frames_needs_a_single_clip(synth_video, capsys):
+    """With several clips --first-stage-frames is refused with a clear message."""
+    two = [str(synth_video)] * 2
+    with pytest.raises(SystemExit):
+        cli.parse_args(["--pred", *two, "--gt", *two, "--first-stage-frames", str(synth_video)])
+    assert "single clip" in capsys.readouterr().err

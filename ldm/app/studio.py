@@ -12,7 +12,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -155,19 +155,25 @@ def check_portrait(req: RenderRequest) -> tuple[Path | None, Path | None]:
 
 
 def evaluate_self_driven(
-    result: Path, portrait: Path, report_dir: Path
+    result: Path, portrait: Path, report_dir: Path, first_stage: Path | None = None
 ) -> tuple[Path, str, list[str]]:
-    """Score a render of a video driven by its own speech against that video (with baselines);
-    returns the plot, the markdown summary table and the notes."""
-    from ldm.evaluation.evaluate import Scorers, evaluate_clip
+    """Score a render of a video driven by its own speech against that video (with baselines
+    and, given its render, the "first stage only" ceiling); returns the plot, the markdown
+    summary table and the notes."""
+    from ldm.evaluation.evaluate import FIRST_STAGE, Scorers, baseline_label, evaluate_clip
     from ldm.evaluation.report import markdown_tables, write_report
     from ldm.preprocessing.pipeline import cached_landmarker
 
     pred = read_clip(result)
     gt = read_clip(portrait, max_frames=len(pred))
     pred, gt, notes = match_clips(pred, gt, "result", "portrait")
+    extra = []
+    if first_stage is not None:  # rendered from the same frames: same length and size
+        extra.append((FIRST_STAGE, baseline_label(FIRST_STAGE), read_clip(first_stage)[: len(gt)]))
     scorers = Scorers(cached_landmarker("dlib"))
-    clip = evaluate_clip(pred, gt, scorers, name=portrait.stem, baselines=True, notes=notes)
+    clip = evaluate_clip(
+        pred, gt, scorers, name=portrait.stem, baselines=True, notes=notes, extra_rows=extra
+    )
     settings = {"fps": 25.0, "landmarker": "dlib", "baselines": True}
     paths = write_report([clip], report_dir, settings, clip.notes)
     table, _ = markdown_tables([clip])
@@ -263,8 +269,12 @@ class Studio:
         if video is not None and req.audio is None:  # the video drives itself: score it
             stage("scoring the result against the portrait", 0.95)
             report = out.with_name(f"{out.stem}_report")
+            ceiling = replace(job, out=out.with_name(f"{out.stem}_first_stage_only.mp4"))
             try:
-                result.plot, result.summary, result.notes = evaluate_self_driven(out, video, report)
+                render_portrait(self.model, ceiling, replace(opts, first_stage_only=True))
+                result.plot, result.summary, result.notes = evaluate_self_driven(
+                    out, video, report, ceiling.out
+                )
             except (ValueError, RuntimeError, OSError) as exc:  # keep the video regardless
                 logger.warning("evaluation failed: %s", exc)
                 result.notes = [f"evaluation failed: {readable(exc, req)}"]

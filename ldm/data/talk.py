@@ -135,6 +135,7 @@ class TalkBase(Dataset):
         image, scale = load_image(self.root / "images" / f"{vid}_{frame}.jpg", self.size)
         reference, _ = load_image(self.root / "images" / f"{vid}_{ref}.jpg", self.size)
         lms = np.loadtxt(self.root / "landmarks" / f"{vid}_{frame}.lms", dtype=np.float32)
+        ref_lms = np.loadtxt(self.root / "landmarks" / f"{vid}_{ref}.lms", dtype=np.float32)
         audio_key = f"{self.audio_id or vid}_{frame}"
         audio = np.load(self.root / "audio_smooth" / f"{audio_key}.npy").astype(np.float32)
         cut = int(lms[self.mask_landmark, 1] / scale)  # first masked row in the resized frame
@@ -148,6 +149,7 @@ class TalkBase(Dataset):
             "image_mask": image_mask,  # rows from the mask landmark down set to -1
             "inpaint_mask": inpaint_mask,  # (H, W): 1 where image_mask hides the frame
             "landmarks": lms[list(UPPER_FACE_LANDMARKS)] / scale,  # (39, 2) pixels of size x size
+            "reference_landmarks": ref_lms[list(UPPER_FACE_LANDMARKS)] / scale,  # the reference's
             "audio_smooth": audio,  # (8, 16, D)
             "frame_id": vid,
             "frame": frame,

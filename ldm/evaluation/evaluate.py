@@ -11,7 +11,7 @@ import numpy as np
 from ldm.evaluation import landmark_metrics as lm
 from ldm.evaluation.clips import copy_reference, shift_frames_for, time_shift
 from ldm.evaluation.lpips import LPIPS, lpips_frames
-from ldm.evaluation.metrics import image_metrics, pooled_psnr, region_boxes
+from ldm.evaluation.metrics import image_metrics, pooled_psnr, region_boxes, sharpness_ratio
 from ldm.evaluation.syncnet import SyncNet, lse
 from ldm.preprocessing.landmarks import Landmarker
 
@@ -19,6 +19,7 @@ log = logging.getLogger(__name__)
 
 PREDICTION = "prediction"
 BASELINES = ("copy_reference", "shifted_truth", "truth")
+FIRST_STAGE = "first_stage"  # optional row: the truth through the first-stage autoencoder
 SHIFT_FRAMES = 25  # the "audio shifted by 1 s" baseline at 25 fps
 
 
@@ -57,10 +58,11 @@ class ClipResult:
     plot_path: str | None = None
 
 
-def baseline_label(key: str, shift: int, fps: float) -> str:
-    """Human-readable row name."""
+def baseline_label(key: str, shift: int = SHIFT_FRAMES, fps: float = 25.0) -> str:
+    """Human-readable row name of a known row key (shift/fps name the shifted-truth row)."""
     return {
         PREDICTION: "prediction",
+        FIRST_STAGE: "first stage only (truth encoded + decoded, pasted back)",
         "copy_reference": "baseline: copy reference frame",
         "shifted_truth": f"baseline: truth shifted {shift} frames ({shift / fps:g} s)",
         "truth": "truth itself (upper bound)",
@@ -107,9 +109,15 @@ def evaluate_clip(
     audio: np.ndarray | None = None,
     gt_lms: np.ndarray | None = None,
     notes: list[str] | None = None,
+    extra_rows: list[tuple[str, str, np.ndarray]] | None = None,
 ) -> ClipResult:
-    """Score matched (T, H, W, 3) uint8 RGB clips; `audio` (16 kHz) enables SyncNet scores."""
+    """Score matched (T, H, W, 3) uint8 RGB clips; `audio` (16 kHz) enables SyncNet scores.
+
+    `extra_rows` are further (key, label, frames) candidates shaped like `gt` (e.g. FIRST_STAGE),
+    tracked and scored like the prediction and listed right after it.
+    """
     notes = list(notes or [])
+    extra = _extra_candidates(extra_rows or [], gt, scorers)
     gt_lms = scorers.landmarker.track(gt) if gt_lms is None else gt_lms
     pred_lms = scorers.landmarker.track(pred)
     boxes = region_boxes(gt_lms, gt.shape[1:])
@@ -118,25 +126,45 @@ def evaluate_clip(
     k = shift_frames_for(len(gt), shift)
     if baselines and k != shift:
         notes.append(f"clip has only {len(gt)} frames: the shifted-truth baseline uses {k}")
-    candidates = [(PREDICTION, pred, pred_lms)]
+    candidates = [(PREDICTION, baseline_label(PREDICTION), pred, pred_lms), *extra]
     if baselines:  # baseline landmarks are the truth's: their frames are the truth's frames
+        ref_lms = np.broadcast_to(gt_lms[0], gt_lms.shape)
         candidates += [
-            ("copy_reference", copy_reference(gt), np.broadcast_to(gt_lms[0], gt_lms.shape)),
-            ("shifted_truth", time_shift(gt, k), time_shift(gt_lms, k)),
-            ("truth", gt, gt_lms),
+            (key, baseline_label(key, k, fps), f, f_lms)
+            for key, f, f_lms in (
+                ("copy_reference", copy_reference(gt), ref_lms),
+                ("shifted_truth", time_shift(gt, k), time_shift(gt_lms, k)),
+                ("truth", gt, gt_lms),
+            )
         ]
     rows = [
-        score_row(key, baseline_label(key, k, fps), f, f_lms, gt, gt_lms, boxes, scorers, audio)
-        for key, f, f_lms in candidates
+        score_row(key, label, f, f_lms, gt, gt_lms, boxes, scorers, audio)
+        for key, label, f, f_lms in candidates
     ]
     n_noface_gt = int((~lm.valid_frames(gt_lms)).sum())
     gt_opening = lm.mouth_opening(gt_lms)
     return ClipResult(name, *paths, len(gt), gt_opening, n_noface_gt, rows, notes)
 
 
+def _extra_candidates(
+    extra_rows: list[tuple[str, str, np.ndarray]], gt: np.ndarray, scorers: Scorers
+) -> list[tuple[str, str, np.ndarray, np.ndarray]]:
+    """(key, label, frames, landmarks) of caller-supplied rows, checked, then tracked."""
+    seen = {PREDICTION, *BASELINES}
+    for key, _, frames in extra_rows:
+        if key in seen:
+            raise ValueError(f"extra row key {key!r} is already a row of the evaluation")
+        if frames.shape != gt.shape:
+            raise ValueError(f"extra row {key!r}: frames {frames.shape}, truth {gt.shape}")
+        seen.add(key)
+    return [(k, label, f, scorers.landmarker.track(f)) for k, label, f in extra_rows]
+
+
 def _pooled(per: dict[str, np.ndarray]) -> dict[str, float]:
-    """Frame-pooled summaries: PSNR from the mean MSE, other metrics as means over frames."""
+    """Frame-pooled summaries: PSNR from the mean MSE, mouth sharpness as the ratio of the mean
+    band energies (candidate / truth), other metrics as means over frames."""
     out = {"psnr": pooled_psnr(per["mse"]), "psnr_mouth": pooled_psnr(per["mse_mouth"])}
+    out["sharpness_mouth"] = sharpness_ratio(per["hf_mouth"], per["hf_mouth_truth"])
     for key in ("ssim", "ssim_mouth", "lmd", "lmd_iod", "lpips"):
         v = per.get(key)
         ok = v is not None and np.isfinite(v).any()

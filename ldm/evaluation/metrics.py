@@ -1,4 +1,5 @@
-"""Image metrics on uint8 RGB frames: PSNR, SSIM, and the lower-face (mouth) region they use."""
+"""Image metrics on uint8 RGB frames: PSNR, SSIM, band-pass sharpness, and the lower-face
+(mouth) region they use."""
 
 from __future__ import annotations
 
@@ -12,6 +13,9 @@ SSIM_K1, SSIM_K2 = 0.01, 0.03
 # iBUG-68 points that bound the lower face: jaw 2..14 (cheek level to chin) and the mouth 48..67
 LOWER_FACE_POINTS = np.r_[2:15, 48:68]
 REGION_MARGIN = 0.1  # box growth on each side, as a fraction of the box width/height
+# sharpness band-pass: GaussianBlur(sigma 1) - GaussianBlur(sigma 3) of the luma (detail of ~2-6 px)
+SHARP_SIGMA_FINE, SHARP_SIGMA_COARSE = 1.0, 3.0
+LUMA_WEIGHTS = np.array([0.299, 0.587, 0.114])  # ITU-R BT.601 luma of RGB
 
 
 def mse(pred: np.ndarray, gt: np.ndarray) -> float:
@@ -67,6 +71,40 @@ def ssim(pred: np.ndarray, gt: np.ndarray) -> float:
     return float(np.mean(scores))
 
 
+def luma(img: np.ndarray) -> np.ndarray:
+    """(H, W) float64 BT.601 luma in 8-bit levels of an (H, W, 3) RGB image ((H, W) passes)."""
+    x = np.asarray(img, np.float64)
+    return x if x.ndim == 2 else x @ LUMA_WEIGHTS
+
+
+def band_energy(img: np.ndarray) -> float:
+    """Mean squared band-pass of an image's luma, in squared 8-bit levels (NaN if empty).
+
+    Band-pass = GaussianBlur(sigma=1) - GaussianBlur(sigma=3) (cv2, ksize (0, 0)): the fine
+    detail (teeth, lip edges) that blur removes and noise adds.
+    """
+    y = luma(img)
+    if y.size == 0:
+        return float("nan")
+    fine = cv2.GaussianBlur(y, (0, 0), SHARP_SIGMA_FINE)
+    band = fine - cv2.GaussianBlur(y, (0, 0), SHARP_SIGMA_COARSE)  # (h, w) float64
+    return float(np.mean(band * band))
+
+
+def sharpness_ratio(energy: np.ndarray, truth_energy: np.ndarray) -> float:
+    """Frame-pooled sharpness: mean candidate band energy / mean truth band energy.
+
+    Pooled over the frames where both are finite (not a mean of per-frame ratios): 1 = as sharp
+    as the truth, < 1 blurrier, > 1 noisier or over-sharpened; NaN without frames.
+    """
+    e, g = np.asarray(energy, np.float64), np.asarray(truth_energy, np.float64)
+    ok = np.isfinite(e) & np.isfinite(g)
+    if not ok.any():
+        return float("nan")
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return float(np.mean(e[ok]) / np.mean(g[ok]))
+
+
 def lower_face_box(lms: np.ndarray, shape: tuple[int, ...]) -> np.ndarray | None:
     """(x0, y0, x1, y1) int box of the lower face from (68, 2) landmarks; None if no face."""
     pts = lms[LOWER_FACE_POINTS]
@@ -100,13 +138,19 @@ def crop(frame: np.ndarray, box: np.ndarray) -> np.ndarray:
 
 
 def image_metrics(pred: np.ndarray, gt: np.ndarray, boxes: np.ndarray | None) -> dict:
-    """Per-frame MSE/SSIM over the whole frame and the lower-face boxes: dict of (T,) arrays."""
+    """Per-frame metrics over the whole frame and the lower-face boxes: dict of (T,) arrays.
+
+    Keys: mse, ssim, mse_mouth, ssim_mouth, and the mouth band energies (`band_energy`) of the
+    candidate (hf_mouth) and of the truth (hf_mouth_truth); mouth values are NaN without boxes.
+    """
     n = len(gt)
-    out = {k: np.full(n, np.nan) for k in ("mse", "ssim", "mse_mouth", "ssim_mouth")}
+    keys = ("mse", "ssim", "mse_mouth", "ssim_mouth", "hf_mouth", "hf_mouth_truth")
+    out = {k: np.full(n, np.nan) for k in keys}
     for t in range(n):
         p, g = np.asarray(pred[t]), gt[t]
         out["mse"][t], out["ssim"][t] = mse(p, g), ssim(p, g)
         if boxes is not None:
             pc, gc = crop(p, boxes[t]), crop(g, boxes[t])
             out["mse_mouth"][t], out["ssim_mouth"][t] = mse(pc, gc), ssim(pc, gc)
+            out["hf_mouth"][t], out["hf_mouth_truth"][t] = band_energy(pc), band_energy(gc)
     return out

@@ -118,7 +118,8 @@ def load_model(
     model = instantiate_from_config(config.model)
     check_schedule(model, state_dict, ckpt)
     state_dict = {k: v for k, v in state_dict.items() if k not in SCHEDULE_BUFFERS}
-    stored_scale = state_dict.pop("scale_factor", None)  # LDM's scale_by_std buffer
+    is_buffer = "scale_factor" in dict(model.named_buffers())  # scale_by_std models keep it
+    stored_scale = None if is_buffer else state_dict.pop("scale_factor", None)  # LDM's buffer
     if stored_scale is not None and float(stored_scale) != float(model.scale_factor):
         logger.info("using the checkpoint's scale_factor %.6g", float(stored_scale))
         model.scale_factor = float(stored_scale)

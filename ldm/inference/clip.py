@@ -137,8 +137,15 @@ class PortraitItems(Sequence):
         src = int(self.indices[k])
         image, scale = self.clip.image(src, self.size)
         lms = self.clip.landmarks(src)
-        return make_item(image, lms, self.audio[k], scale, self.latent_size, self.mask_landmark)
+        item = make_item(image, lms, self.audio[k], scale, self.latent_size, self.mask_landmark)
+        item["reference_img"] = self.reference()  # for models that align it per frame
+        item["reference_landmarks"] = self.reference_landmarks
+        return item
 
     def reference(self) -> np.ndarray:
         """The clip's first frame (size, size, 3) in [-1, 1], the original's reference choice."""
-        return self.clip.image(0, self.size)[0]
+        if not hasattr(self, "_reference"):
+            image, scale = self.clip.image(0, self.size)
+            lms = self.clip.landmarks(0)[list(UPPER_FACE_LANDMARKS)] / scale
+            self._reference, self.reference_landmarks = image, lms.astype(np.float32)
+        return self._reference

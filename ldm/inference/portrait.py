@@ -47,11 +47,6 @@ class PortraitJob:
             raise ValueError("give exactly one portrait: a video or an image")
 
 
-def model_frame_size(model: torch.nn.Module) -> int:
-    """Side of the frames the model works on: latent size x the first stage's downsampling."""
-    return model.image_size * 2 ** (model.first_stage_model.encoder.num_resolutions - 1)
-
-
 def model_audio_dim(model: torch.nn.Module) -> int:
     """Audio feature dimension D the model's AudioNet expects."""
     return model.cond_stage_model_for_audio.encoder_conv[0].in_channels
@@ -134,7 +129,7 @@ def load_speech(job: PortraitJob, model: torch.nn.Module) -> np.ndarray:
 def render_portrait(model: torch.nn.Module, job: PortraitJob, opts: RenderOptions) -> Path:
     """Render ``job.out`` (mp4 with the driving audio); returns its path."""
     audio = load_speech(job, model)
-    n_out, size = len(audio), model_frame_size(model)
+    n_out, size = len(audio), model.frame_size
     with tempfile.TemporaryDirectory(prefix="difftalk-portrait-") as tmp:
         work = Path(tmp)
         video, frames = source_frames(job, work, n_out)

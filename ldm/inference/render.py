@@ -40,6 +40,8 @@ class RenderOptions:
     batch_size: int = 8
     seed: int = 0
     progress: bool = True
+    first_stage_only: bool = False  # no sampling: decode the frame's own latent (the ceiling a
+    # rendered frame cannot pass: the truth through the first stage, pasted back the same way)
 
     def __post_init__(self) -> None:
         if self.sampler not in SAMPLERS:
@@ -80,8 +82,9 @@ class Renderer:
 
     @property
     def latent_shape(self) -> tuple[int, int, int]:
-        """(C, h, w) of the diffusion latent."""
-        return (self.model.channels, self.model.image_size, self.model.image_size)
+        """(C, h, w) of what the UNet denoises: the latent, or its mouth window."""
+        side = self.model.mouth_window or self.model.image_size
+        return (self.model.channels, side, side)
 
     def encode_reference(self, image: torch.Tensor) -> torch.Tensor:
         """Reference image (H, W, 3) in [-1, 1] -> its condition latent (1, C, h, w)."""
@@ -96,11 +99,17 @@ class Renderer:
     ) -> torch.Tensor:
         """Inpaint the masked latent region of a batch; returns decoded images (B, 3, H, W)."""
         m, o = self.model, self.opts
-        cond = m.get_learned_conditioning(batch, reference_latent)
+        # per-frame pose-aligned references (progressive mode keeps the previous frame as is)
+        aligned = m.align_reference and o.reference == "first" and "reference_img" in batch
+        cond = m.get_learned_conditioning(batch, None if aligned else reference_latent)
         x0 = m.scale_factor * m.encode_batch_images(batch["image"])  # (B, C, h, w)
         mask = batch["inference_mask"].to(m.device, torch.float32)  # (B, 1, h, w), 1 = known
-        shape = tuple(x0.shape)
-        z = self.sampler.sample(o.steps, cond, shape, o.eta, x_T, x0, mask, generator)
+        if o.first_stage_only:
+            return m.decode_first_stage(x0).clamp(-1.0, 1.0)
+        corners = m.window_corners(batch)
+        z = m.sample_inpaint(
+            self.sampler, o.steps, cond, x0, mask, corners, eta=o.eta, x_T=x_T, generator=generator
+        )
         return m.decode_first_stage(z).clamp(-1.0, 1.0)
 
     def render(self, items: Sequence[dict[str, Any]], reference: np.ndarray) -> np.ndarray:

@@ -14,8 +14,11 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
+from ldm.models.diffusion import mouth_window as mw
 from ldm.models.diffusion.image_logging import log_talking_images
 from ldm.models.diffusion.latent_cache import FirstStageCache
+from ldm.models.diffusion.reference_align import align_references
+from ldm.models.diffusion.wrapper import Cond, DiffusionWrapper
 from ldm.modules.diffusionmodules.util import extract_into_tensor, make_beta_schedule
 from ldm.modules.distributions import DiagonalGaussianDistribution
 from ldm.modules.ema import LitEma
@@ -24,34 +27,7 @@ from ldm.util import default, instantiate_from_config, load_state_dict_file, mea
 
 logger = logging.getLogger(__name__)
 
-Cond = dict[str, torch.Tensor]
-
-
-class DiffusionWrapper(nn.Module):
-    """The one place that knows how conditions enter the UNet (part of the checkpoint contract).
-
-    ``hybrid`` conditioning, as DiffTalk does it (SPEC 4.3): the UNet input is the channel concat
-    [noisy latent, masked-frame latent, reference latent] and the cross-attention context is one
-    token [audio feature ‖ landmark feature] of shape (B, 1, 128).
-    """
-
-    CONCAT_KEYS = ("masked_latent", "reference_latent")
-    CONTEXT_KEYS = ("audio_feature", "landmark_feature")
-
-    def __init__(self, diff_model_config: Any, conditioning_key: str = "hybrid") -> None:
-        super().__init__()
-        if conditioning_key != "hybrid":
-            raise ValueError(
-                f"DiffTalk conditions with 'hybrid' (concat + crossattn), got {conditioning_key!r}"
-            )
-        self.diffusion_model = instantiate_from_config(diff_model_config)  # UNetModel
-        self.conditioning_key = conditioning_key
-
-    def forward(self, x: torch.Tensor, t: torch.Tensor, cond: Cond) -> torch.Tensor:
-        """x (B, C, h, w), t (B,), cond with the four keys above -> eps (B, C, h, w)."""
-        x_in = torch.cat([x, *(cond[k] for k in self.CONCAT_KEYS)], dim=1)  # (B, 9, h, w)
-        context = torch.cat([cond[k] for k in self.CONTEXT_KEYS], dim=-1)[:, None]  # (B, 1, 128)
-        return self.diffusion_model(x_in, t, context=context)
+REFERENCE_KEY = 2**20  # cache key of an aligned reference: target frame x 2**20 + reference frame
 
 
 class DDPM(pl.LightningModule):
@@ -71,6 +47,8 @@ class DDPM(pl.LightningModule):
         l_simple_weight: float = 1.0,
         original_elbo_weight: float = 0.0,
         weight_decay: float = 0.01,  # AdamW's default, as the original
+        snr_gamma: float | None = None,  # Min-SNR-gamma loss weights (Hang et al. 2023); None:
+        # the original's uniform weighting over timesteps
         conditioning_key: str = "hybrid",
         image_size: int = 64,  # latent size
         channels: int = 3,  # latent channels
@@ -86,6 +64,7 @@ class DDPM(pl.LightningModule):
         self.l_simple_weight = l_simple_weight
         self.original_elbo_weight = original_elbo_weight
         self.weight_decay = weight_decay
+        self.snr_gamma = snr_gamma
         self.learning_rate = 1e-4  # set by main.py from base_learning_rate (and --scale_lr)
         if monitor is not None:
             self.monitor = monitor
@@ -168,6 +147,8 @@ class DDPM(pl.LightningModule):
         if weight is not None:
             err = err * weight
         loss_simple = mean_flat(err)  # (B,)
+        if self.snr_gamma is not None:
+            loss_simple = loss_simple * self.min_snr_weight(t)
         loss_vlb = (self.lvlb_weights[t] * loss_simple).mean()
         loss = self.l_simple_weight * loss_simple.mean() + self.original_elbo_weight * loss_vlb
         split = "train" if self.training else "val"
@@ -176,6 +157,13 @@ class DDPM(pl.LightningModule):
             f"{split}/loss_vlb": loss_vlb,
             f"{split}/loss": loss,
         }
+
+    def min_snr_weight(self, t: torch.Tensor) -> torch.Tensor:
+        """(B,) Min-SNR-gamma weights min(SNR, gamma) / SNR of eps prediction at timesteps t:
+        the nearly clean timesteps, whose noise is easy to tell, no longer dominate the loss."""
+        abar = self.alphas_cumprod[t]
+        snr = abar / (1.0 - abar)
+        return torch.clamp(snr, max=self.snr_gamma) / snr
 
     def get_input(self, batch: dict[str, Any]) -> tuple[torch.Tensor, Cond, torch.Tensor | None]:
         """Return (z_0, conditions, optional loss weight map); defined by subclasses."""
@@ -241,15 +229,32 @@ class LatentDiffusion(DDPM):
         scale_condition_latents: bool = False,  # original: masked/reference latents unscaled
         mask_loss_weight: float = 1.0,  # original: 1 (uniform); >1 weights the masked region
         cache_first_stage: bool = False,  # keep latents of training frames (small datasets)
+        scale_by_std: bool = False,  # LDM: scale_factor = 1 / std of the first batch's latents
+        align_reference: bool = False,  # warp the reference onto the target's head pose
+        # (original: as it is; ldm/models/diffusion/reference_align.py)
+        mouth_window: int | None = None,  # UNet on a W x W latent window at the mouth (None:
+        # the whole latent, as the original; ldm/models/diffusion/mouth_window.py)
         ckpt_path: str | None = None,
         ignore_keys: tuple[str, ...] = (),
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
-        self.scale_factor = scale_factor
+        self.scale_by_std = scale_by_std
+        if scale_by_std:  # a buffer, so checkpoints carry the measured value
+            self.register_buffer("scale_factor", torch.tensor(float(scale_factor)))
+        else:
+            self.scale_factor = scale_factor
+        self.scale_measured = False  # set by scale_by_std or a restored checkpoint
         self.scale_condition_latents = scale_condition_latents
         self.mask_loss_weight = mask_loss_weight
         self.latent_cache = FirstStageCache() if cache_first_stage else None
+        if mouth_window is not None and not 0 < mouth_window <= self.image_size:
+            raise ValueError(
+                f"model.params.mouth_window {mouth_window} must be within the latent size "
+                f"{self.image_size} (model.params.image_size)"
+            )
+        self.mouth_window = mouth_window
+        self.align_reference = align_reference
         self.first_stage_model = instantiate_from_config(first_stage_config).eval()
         self.first_stage_model.requires_grad_(False)
         self.cond_stage_model_for_audio = instantiate_from_config(audio_config)
@@ -263,9 +268,22 @@ class LatentDiffusion(DDPM):
         sd = load_state_dict_file(path)
         sd = {k: v for k, v in sd.items() if not k.startswith(tuple(ignore_keys))}
         missing, unexpected = self.load_state_dict(sd, strict=False)
+        self.scale_measured = True
         logger.info(
             "restored %s: %d missing, %d unexpected keys", path, len(missing), len(unexpected)
         )
+
+    @torch.no_grad()
+    def on_train_batch_start(self, batch: dict[str, Any], batch_idx: int) -> None:
+        """With ``scale_by_std``, set scale_factor from the very first training batch (LDM);
+        rank 0's value is broadcast so every DDP process scales alike."""
+        if not self.scale_by_std or self.global_step > 0 or self.scale_measured:
+            return
+        z = self.encode_batch_images(batch["image"])
+        scale = self.trainer.strategy.broadcast(1.0 / z.flatten().std(), src=0)
+        self.scale_factor.fill_(float(scale))
+        self.scale_measured = True  # once per run
+        logger.info("scale_by_std: scale_factor = %.6g (1 / latent std)", float(scale))
 
     def train(self, mode: bool = True) -> LatentDiffusion:
         """Keep the frozen first stage in eval mode whatever Lightning asks."""
@@ -300,6 +318,26 @@ class LatentDiffusion(DDPM):
             self.device,
         )
 
+    def reference_latents(self, batch: dict[str, Any]) -> torch.Tensor:
+        """Unscaled latents of the batch's references, pose-aligned with ``align_reference``.
+
+        An aligned reference depends on its target too, so the cache keys it by both frames.
+        """
+        if not self.align_reference:
+            return self.encode_frames(batch, "reference_img", "reference_frame")
+
+        def encode(idx: torch.Tensor) -> torch.Tensor:
+            ref = to_bchw(batch["reference_img"][idx]).to(self.device)
+            lms = (batch[k][idx].to(self.device) for k in ("reference_landmarks", "landmarks"))
+            return self.encode_first_stage(align_references(ref, *lms))
+
+        if self.latent_cache is None or not self.training:
+            return encode(torch.arange(len(batch["landmarks"])))
+        pair = batch["frame"] * REFERENCE_KEY + batch["reference_frame"]  # frames < 2**20
+        return self.latent_cache.encode(
+            encode, batch["frame_id"], pair, "aligned_reference", self.device
+        )
+
     @property
     def condition_scale(self) -> float:
         """Factor of the masked/reference latents (original: 1, they are never scaled)."""
@@ -316,9 +354,7 @@ class LatentDiffusion(DDPM):
         audio = batch["audio_smooth"].to(self.device, torch.float32)  # (B, 8, 16, D)
         masked = self.condition_scale * self.encode_frames(batch, "image_mask", "frame")
         if reference_latent is None:
-            reference = self.condition_scale * self.encode_frames(
-                batch, "reference_img", "reference_frame"
-            )
+            reference = self.condition_scale * self.reference_latents(batch)
         else:
             reference = reference_latent.expand(len(masked), -1, -1, -1)
         return {
@@ -341,7 +377,35 @@ class LatentDiffusion(DDPM):
                 batch["inpaint_mask"][:, None].to(z), size=z.shape[-2:], mode="area"
             )  # (B, 1, h, w): 1 where the frame is masked
             weight = 1.0 + (self.mask_loss_weight - 1.0) * region
-        return z, self.get_learned_conditioning(batch), weight
+        cond = self.get_learned_conditioning(batch)
+        corners = self.window_corners(batch)
+        if corners is None:
+            return z, cond, weight
+        w = self.mouth_window
+        weight = None if weight is None else mw.crop(weight, corners, w)
+        return mw.crop(z, corners, w), mw.crop_condition(cond, corners, w), weight
+
+    @property
+    def frame_size(self) -> int:
+        """Side in pixels of the frames: latent size x the first stage's downsampling."""
+        return self.image_size * 2 ** (self.first_stage_model.encoder.num_resolutions - 1)
+
+    def window_corners(self, batch: dict[str, Any]) -> torch.Tensor | None:
+        """(B, 2) mouth-window corners of a batch, or None without ``mouth_window``."""
+        if self.mouth_window is None:
+            return None
+        lms = batch["landmarks"].to(self.device)
+        return mw.window_corners(lms, self.frame_size, self.image_size, self.mouth_window)
+
+    def sample_inpaint(
+        self, sampler: Any, steps: int, cond: Cond, x0: torch.Tensor, known: torch.Tensor,
+        corners: torch.Tensor | None, **kwargs: Any,
+    ) -> torch.Tensor:  # fmt: skip
+        """Regenerate the unknown cells (known == 0) of x0 (B, C, h, w) with ``sampler`` (kwargs:
+        eta, x_T, generator), in the mouth windows at ``corners`` if given: the full latent."""
+        return mw.sample_inpaint(
+            sampler, steps, cond, x0, known, corners, self.mouth_window, **kwargs
+        )
 
     def log_images(
         self, batch: dict[str, Any], n: int = 4, ddim_steps: int = 50, **kwargs: Any

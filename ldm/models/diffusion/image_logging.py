@@ -40,12 +40,14 @@ def log_talking_images(
     original's inference does.
     """
     batch = {k: v[:n] for k, v in batch.items()}
-    z, cond, _ = model.get_input(batch)  # z: (n, C, h, w), scaled
+    z = model.scale_factor * model.encode_frames(batch, "image", "frame")  # (n, C, h, w)
+    cond = model.get_learned_conditioning(batch)
     known = latent_known_mask(batch["inpaint_mask"].to(model.device), tuple(z.shape[-2:]))
     generator = torch.Generator().manual_seed(SAMPLE_SEED)
+    corners = model.window_corners(batch)
     with model.ema_scope("log_images"):
-        sample = DDIMSampler(model).sample(
-            ddim_steps, cond, tuple(z.shape), eta=0.0, x0=z, mask=known, generator=generator
+        sample = model.sample_inpaint(
+            DDIMSampler(model), ddim_steps, cond, z, known, corners, eta=0.0, generator=generator
         )
     return {
         "inputs": _bchw(batch["image"], model.device),

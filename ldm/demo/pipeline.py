@@ -1,0 +1,154 @@
+"""The demo pipeline: preprocess -> first stage -> talking LDM -> render -> evaluate, on a CPU.
+
+Each step is a subprocess of one of the project's own command lines (scripts/preprocess.py,
+main.py, scripts/inference.py, scripts/evaluate.py), so the demo runs exactly what a user runs.
+A marker per finished step in ``{out}/.done/`` makes a rerun continue where it stopped; the two
+trainings resume from their ``last.ckpt`` when they were interrupted.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from ldm.demo.steps import Footage, frame_grid, grid_frames, latest_run, side_by_side
+
+logger = logging.getLogger(__name__)
+ROOT = Path(__file__).resolve().parents[2]
+AE_CONFIG = "configs/autoencoder/kl_f4_small.yaml"
+LDM_CONFIGS = (
+    "configs/latent-diffusion/talking-small.yaml",
+    "configs/latent-diffusion/talking-demo.yaml",
+)
+STAGES = ("preprocess", "first_stage", "talking", "render", "first_stage_only", "evaluate")
+
+
+@dataclass(frozen=True)
+class Budget:
+    """Training sizes of one demo run, from the number of training frames (README, "Budget").
+
+    The first stage trains ``ae_epochs`` passes over the training frames (batch 8), the talking
+    LDM ``ldm_epochs`` passes (batch 16), each clipped to [min, max] steps: a few seconds of
+    footage still train enough, and a minute or more stays within about 30 minutes on 2 cores.
+    """
+
+    ae_epochs: float = 5.0
+    ae_steps: tuple[int, int] = (200, 400)
+    ldm_epochs: float = 80.0
+    ldm_steps: tuple[int, int] = (1000, 3000)
+
+    def steps(self, n_frames: int) -> tuple[int, int]:
+        """(first-stage steps, talking-LDM steps) for ``n_frames`` training frames."""
+        ae = round(self.ae_epochs * n_frames / 8)
+        ldm = round(self.ldm_epochs * n_frames / 16)
+        return min(max(ae, self.ae_steps[0]), self.ae_steps[1]), min(
+            max(ldm, self.ldm_steps[0]), self.ldm_steps[1]
+        )
+
+
+FULL = Budget()
+QUICK = Budget(ae_steps=(200, 200), ldm_steps=(1000, 1000))
+
+
+class Pipeline:
+    """One demo run in ``out``: runs each stage once, in order, with its progress logged."""
+
+    def __init__(self, out: Path, budget: Budget) -> None:
+        self.out = out
+        self.budget = budget
+        self.data = out / "data" / "HDTF"
+
+    def run(self, stage: str, cmd: list[str]) -> None:
+        """Run one stage as a subprocess once; a marker file makes reruns skip it."""
+        marker = self.out / ".done" / stage
+        number = f"{STAGES.index(stage) + 1}/{len(STAGES)}"
+        if marker.exists():
+            logger.info("[stage %s %s] already done, skipping", number, stage)
+            return
+        logger.info("[stage %s %s] %s", number, stage, " ".join(cmd))
+        start = time.perf_counter()
+        proc = subprocess.run([sys.executable, *cmd], cwd=ROOT)
+        if proc.returncode != 0:
+            raise SystemExit(f"demo stage '{stage}' failed (exit {proc.returncode}); see above")
+        marker.parent.mkdir(parents=True, exist_ok=True)
+        marker.write_text(f"{time.perf_counter() - start:.1f} s\n")
+        logger.info("[stage %s %s] done in %.0f s", number, stage, time.perf_counter() - start)
+
+    def preprocess(self, footage: Footage) -> int:
+        """Build the dataset (128 px); returns the number of training frames."""
+        cmd = ["scripts/preprocess.py", *map(str, footage.clips), "--out", str(self.data)]
+        cmd += ["--size", "128", "--test-videos", str(footage.test)]
+        self.run("preprocess", cmd)
+        keys = (self.data.parent / "data_train.txt").read_text().split()
+        return len(keys)
+
+    def data_overrides(self, images: bool) -> list[str]:
+        """Point a config's train/validation datasets at the demo dataset."""
+        root = self.data / "images" if images else self.data
+        out = []
+        for split, name in (("train", "data_train.txt"), ("validation", "data_test.txt")):
+            out.append(f"data.params.{split}.params.split_file={self.data.parent / name}")
+            out.append(f"data.params.{split}.params.root={root}")
+        return out
+
+    def train(self, stage: str, configs: list[str], steps: int, extra: list[str]) -> Path:
+        """main.py on ``configs`` for ``steps`` steps (resumed if interrupted); its run dir."""
+        logs = self.out / "logs"
+        runs = sorted(logs.glob(f"*_{stage}"))
+        if runs and (runs[-1] / "checkpoints" / "last.ckpt").exists():  # an interrupted run
+            cmd = ["main.py", "-r", str(runs[-1]), "-t"]
+        else:
+            cmd = ["main.py", "--base", *configs, "-t", "-l", str(logs), "-n", stage]
+        cmd += ["--max_steps", str(steps), "--accelerator", "cpu"]
+        cmd += [f"lightning.callbacks.progress.params.name={stage}", *extra]
+        self.run(stage, cmd)
+        return latest_run(logs, stage)
+
+    def first_stage(self, n_frames: int) -> Path:
+        """Train the KL-f4 first stage on the training frames; returns its checkpoint."""
+        steps = self.budget.steps(n_frames)[0]
+        logger.info("first stage: %d steps for %d training frames", steps, n_frames)
+        run_dir = self.train("first_stage", [AE_CONFIG], steps, self.data_overrides(images=True))
+        ckpt = self.out / "first_stage.ckpt"
+        if not ckpt.exists():
+            shutil.copy(run_dir / "checkpoints" / "last.ckpt", ckpt)
+        return ckpt
+
+    def talking(self, n_frames: int, first_stage: Path) -> Path:
+        """Train the talking LDM with the demo recipe; returns its run directory."""
+        steps = self.budget.steps(n_frames)[1]
+        logger.info("talking LDM: %d steps for %d training frames", steps, n_frames)
+        extra = self.data_overrides(images=False)
+        extra.append(f"model.params.first_stage_config.params.ckpt_path={first_stage}")
+        return self.train("talking", list(LDM_CONFIGS), steps, extra)
+
+    def render(self, stage: str, run_dir: Path, footage: Footage, out: Path, extra: list[str]):
+        """scripts/inference.py on the test clip, driven by its own audio."""
+        config = sorted((run_dir / "configs").glob("*-project.yaml"))[-1]
+        cmd = ["scripts/inference.py", "--ckpt", str(run_dir / "checkpoints" / "last.ckpt")]
+        cmd += ["--config", str(config), "--video", str(footage.test), "--audio", str(footage.test)]
+        cmd += ["--out", str(out), "--batch-size", "16", *extra]
+        self.run(stage, cmd)
+
+    def render_and_score(self, run_dir: Path, footage: Footage) -> dict[str, Path]:
+        """Render the test clip (and its first-stage-only ceiling), then evaluate it."""
+        result, ceiling = self.out / "result.mp4", self.out / "first_stage_only.mp4"
+        self.render("render", run_dir, footage, result, ["--sampler", "dpm", "--steps", "20"])
+        self.render("first_stage_only", run_dir, footage, ceiling, ["--first-stage-only"])
+        report = self.out / "report"
+        cmd = ["scripts/evaluate.py", "--pred", str(result), "--gt", str(footage.test)]
+        cmd += ["--first-stage-frames", str(ceiling), "--baselines", "--out", str(report)]
+        self.run("evaluate", cmd)
+        side = side_by_side(result, footage.test, self.out / "side_by_side.mp4")
+        opening = json.loads((report / "report.json").read_text())["clips"][0][
+            "truth_mouth_opening"
+        ]
+        grid = frame_grid(result, footage.test, self.out / "frames.png", grid_frames(opening))
+        return {"result": result, "side_by_side": side, "report": report / "report.md",
+                "plot": next(report.glob("*.png")), "grid": grid}  # fmt: skip

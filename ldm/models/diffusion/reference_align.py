@@ -1,0 +1,52 @@
+"""Pose-aligned references: warp each reference frame onto its target frame's head pose.
+
+DiffTalk concatenates the reference frame's latent with the target's as it is; when the head has
+moved between the two, the reference's mouth sits elsewhere and a small UNet has to learn the
+shift before it can borrow teeth and lips from it. With ``align_reference`` the reference image
+is first warped by the similarity transform (scale, rotation, shift) that maps its upper-face
+landmarks onto the target's (eyes and nose: known in both, never the mouth), so the reference's
+lower face lands where the target's will be. Done in torch on the batch, so training and
+rendering share it on any device.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+# the eyes (36..47) and the nose (27..35) within the 39 upper-face landmarks of a batch
+# (ldm.data.talk.UPPER_FACE_LANDMARKS = 0..3, 13..47)
+STABLE_POINTS = tuple(range(4 + 27 - 13, 4 + 48 - 13))
+
+
+def similarity(src: torch.Tensor, dst: torch.Tensor) -> torch.Tensor:
+    """(B, 2, 3) least-squares similarity transforms mapping src (B, N, 2) onto dst (Umeyama)."""
+    mu_s, mu_d = src.mean(1, keepdim=True), dst.mean(1, keepdim=True)
+    s, d = src - mu_s, dst - mu_d
+    cov = d.transpose(1, 2) @ s / src.shape[1]  # (B, 2, 2)
+    u, sig, vh = torch.linalg.svd(cov)
+    sign = torch.ones_like(sig)
+    sign[:, 1] = torch.sign(torch.linalg.det(u @ vh))  # no reflections
+    rot = u @ torch.diag_embed(sign) @ vh
+    scale = (sig * sign).sum(1) / s.pow(2).sum((1, 2)).div(src.shape[1])
+    a = scale[:, None, None] * rot
+    t = mu_d.transpose(1, 2) - a @ mu_s.transpose(1, 2)  # (B, 2, 1)
+    return torch.cat([a, t], dim=2)
+
+
+def align_references(
+    reference: torch.Tensor, ref_landmarks: torch.Tensor, landmarks: torch.Tensor
+) -> torch.Tensor:
+    """Warp references (B, 3, H, W) so their stable landmarks (B, 39, 2, pixels) land on the
+    targets' ``landmarks``; borders repeat the edge pixels."""
+    idx = list(STABLE_POINTS)
+    forward = similarity(ref_landmarks[:, idx].double(), landmarks[:, idx].double())
+    full = torch.cat([forward, forward.new_tensor([0.0, 0.0, 1.0]).expand(len(forward), 1, 3)], 1)
+    inverse = torch.linalg.inv(full)[:, :2]  # target pixel -> reference pixel
+    h, w = reference.shape[-2:]
+    # affine_grid works in [-1, 1] coordinates (align_corners=False): x_n = (2 x + 1) / W - 1
+    to_px = inverse.new_tensor([[w / 2, 0, w / 2 - 0.5], [0, h / 2, h / 2 - 0.5], [0, 0, 1]])
+    to_norm = torch.linalg.inv(to_px)
+    theta = (to_norm[:2] @ torch.cat([inverse, full[:, 2:]], 1) @ to_px).float()
+    grid = F.affine_grid(theta, list(reference.shape), align_corners=False)
+    return F.grid_sample(reference, grid.to(reference), padding_mode="border", align_corners=False)

@@ -1,0 +1,227 @@
+"""The demo recipe's pieces: KL first stage swapped in by config, scale_by_std, first-stage-only
+rendering, footage splitting, the step budget and the ETA log."""
+
+from __future__ import annotations
+
+import logging
+import subprocess
+import sys
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+from test_train import common_overrides, data, data_overrides, load_main, the_logdir  # noqa: F401
+
+from ldm.demo.pipeline import FULL, Budget
+from ldm.demo.steps import expand_videos, split_footage
+from ldm.inference.checkpoint import load_model
+from ldm.preprocessing.video import VideoError, write_video
+from ldm.train_utils import load_config
+
+from conftest import ROOT
+
+SMALL = ROOT / "configs/latent-diffusion/talking-small.yaml"
+DEMO = ROOT / "configs/latent-diffusion/talking-demo.yaml"
+KL_SMALL = ROOT / "configs/autoencoder/kl_f4_small.yaml"
+SIZE = 32
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def test_a_later_config_that_changes_target_replaces_the_node():
+    config = load_config([str(SMALL), str(DEMO)], [])
+    first = config.model.params.first_stage_config
+    assert first.target == "ldm.models.autoencoder.AutoencoderKL"
+    assert "n_embed" not in first.params  # the VQ-only key did not leak into the KL node
+    assert first.params.ddconfig.double_z is True
+    unet = config.model.params.unet_config
+    assert unet.target.endswith("UNetModel")  # same target: merged, not replaced
+    assert unet.params.in_channels == 24 and unet.params.model_channels == 32  # demo + small
+    assert config.model.params.channels == unet.params.out_channels == 8
+
+
+def kl_first_stage(root, tmp_path) -> tuple:
+    """Train the KL first stage 4 steps on the tiny 32 px data with main.py; its checkpoint."""
+    main = load_main()
+    logs = tmp_path / "ae"
+    argv = ["--base", str(KL_SMALL), "-t", "-l", str(logs), "--max_steps", "4"]
+    argv += [f"model.params.ddconfig.resolution={SIZE}", "lightning.trainer.limit_val_batches=1"]
+    argv += [*data_overrides(root, images=True), *common_overrides()]
+    argv += ["data.params.train.params.crop_size=16"]
+    assert main.main(argv) == 0
+    return the_logdir(logs) / "checkpoints" / "last.ckpt"
+
+
+def talking_demo_args(root, logs, ae_ckpt) -> list[str]:
+    m = "model.params"
+    return [
+        "--base", str(SMALL), str(DEMO), "-t", "-l", str(logs), "--max_steps", "3",
+        f"{m}.first_stage_config.params.ckpt_path={ae_ckpt}",
+        f"{m}.first_stage_config.params.ddconfig.resolution={SIZE}",
+        f"{m}.image_size={SIZE // 4}", f"{m}.unet_config.params.image_size={SIZE // 4}",
+        f"{m}.mouth_window=4",  # of the 8 x 8 latent of 32 px frames
+        "lightning.callbacks.image_logger.params.ddim_steps=2",
+        "lightning.trainer.limit_val_batches=1",
+        *data_overrides(root), *common_overrides(),
+    ]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def demo_model(data, tmp_path_factory):  # noqa: F811
+    """A talking-demo run (KL first stage, scale_by_std) of 3 steps; (run dir, model, config)."""
+    tmp = tmp_path_factory.mktemp("demo_recipe")
+    ae_ckpt = kl_first_stage(data, tmp)
+    logs = tmp / "ldm"
+    assert load_main().main(talking_demo_args(data, logs, ae_ckpt)) == 0
+    run = the_logdir(logs)
+    config = load_config(sorted((run / "configs").glob("*-project.yaml")), [])
+    return run, load_model(config, run / "checkpoints" / "last.ckpt"), config
+
+
+def test_scale_by_std_measures_the_first_batch_and_the_checkpoint_keeps_it(demo_model, data):  # noqa: F811
+    run, model, config = demo_model
+    state = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
+    assert "scale_factor" in state
+    stored = float(state["scale_factor"])
+    assert stored != 1.0 and float(model.scale_factor) == stored  # restored, not the YAML's 1.0
+    # the value is 1 / std of the first stage's latents of training frames (same data)
+    from ldm.data.talk import TalkTrain
+
+    ds = TalkTrain(split_file=str(data / "data_train.txt"), root=str(data / "HDTF"), size=SIZE)
+    images = torch.stack([torch.as_tensor(ds[i]["image"]) for i in range(len(ds))])
+    with torch.no_grad():
+        z = model.encode_batch_images(images)
+    assert stored == pytest.approx(1.0 / float(z.std()), rel=0.35)  # first batch vs all frames
+
+
+def test_first_stage_only_render_is_the_truth_through_the_autoencoder(demo_model, tmp_path):
+    from ldm.inference.render import Renderer, RenderOptions
+
+    _, model, _ = demo_model
+    rng = np.random.default_rng(0)
+    image = torch.as_tensor(rng.uniform(-1, 1, (SIZE, SIZE, 3)).astype(np.float32))
+    item = {
+        "image": image, "image_mask": image, "landmarks": torch.zeros(39, 2),
+        "audio_smooth": torch.zeros(8, 16, 29),
+        "inference_mask": torch.ones(1, SIZE // 4, SIZE // 4),
+    }  # fmt: skip
+    ceiling = Renderer(model, RenderOptions(first_stage_only=True, progress=False))
+    frames = ceiling.render([item], image.numpy())
+    with torch.no_grad():
+        z = model.encode_batch_images(image[None])
+        expected = model.first_stage_model.decode(z).clamp(-1, 1)
+    expected = ((expected + 1) * 127.5).round().permute(0, 2, 3, 1).numpy().astype(np.uint8)
+    np.testing.assert_array_equal(frames, expected)
+    sampled = Renderer(model, RenderOptions(sampler="dpm", steps=2, progress=False))
+    assert not np.array_equal(sampled.render([item], image.numpy()), frames)
+
+
+def test_progress_eta_logs_step_total_and_remaining_time(caplog, monkeypatch):
+    from ldm import callbacks
+
+    clock = iter([100.0, 110.0])  # start, then 10 s later
+    monkeypatch.setattr(callbacks.time, "perf_counter", lambda: next(clock))
+    trainer = SimpleNamespace(global_step=0, max_steps=100, is_global_zero=True)
+    eta = callbacks.ProgressETA(every_n_steps=50, name="talking")
+    eta.on_train_start(trainer, None)
+    trainer.global_step = 50
+    with caplog.at_level(logging.INFO, logger="ldm.callbacks"):
+        eta.on_train_batch_end(trainer, None, None, None, 0)
+    assert "[talking] step 50/100 (50%), 0.20 s/step, ETA 0:10 min" in caplog.text
+
+
+def test_budget_follows_the_training_frames_within_its_bounds():
+    assert FULL.steps(625) == (391, 3000)  # 25 s of footage: 5 first-stage passes, LDM capped
+    assert FULL.steps(300) == (200, 1500)  # 12 s: the first stage's minimum, 80 LDM passes
+    assert FULL.steps(100) == (200, 1000)  # a few seconds: both minimums
+    assert FULL.steps(10_000) == (400, 3000)  # many minutes: both capped
+    custom = Budget(ae_epochs=2.0, ae_steps=(1, 10**6), ldm_epochs=1.0, ldm_steps=(1, 10**6))
+    assert custom.steps(800) == (200, 50)  # passes x frames / batch (8 and 16)
+
+
+def make_clip(path, audio: bool = True, seconds: float = 1.0):
+    frames = np.full((int(25 * seconds), 32, 32, 3), 128, np.uint8)
+    wav = None
+    if audio:
+        import soundfile as sf
+
+        wav = path.with_suffix(".wav")
+        sf.write(wav, np.zeros(int(16000 * seconds), np.float32), 16000)
+    write_video(path, frames, 25.0, audio_path=wav)
+    return path
+
+
+def test_footage_split_last_clip_test_flag_folder_and_single_clip(tmp_path):
+    clips = tmp_path / "clips"
+    clips.mkdir()
+    a, b, c = (make_clip(clips / f"{n}.mp4") for n in "abc")
+    (clips / "notes.txt").write_text("not a video")
+    videos = expand_videos([str(clips)])
+    assert videos == [a.resolve(), b.resolve(), c.resolve()]
+    last = split_footage(videos, None, tmp_path / "cut")
+    assert last.test == c.resolve() and last.clips[:-1] == (a.resolve(), b.resolve())
+    chosen = split_footage(videos, b, tmp_path / "cut")
+    assert chosen.test == b.resolve() and set(chosen.clips[:-1]) == {a.resolve(), c.resolve()}
+    single = split_footage([make_clip(tmp_path / "one.mp4", seconds=2.0)], None, tmp_path / "cut")
+    from ldm.preprocessing.video import probe
+
+    n_train, n_test = (probe(p).n_frames for p in single.clips)
+    assert n_train + n_test == pytest.approx(50, abs=2) and n_test == pytest.approx(10, abs=2)
+
+
+def test_demo_refuses_silent_or_missing_clips_naming_them(tmp_path):
+    silent = make_clip(tmp_path / "silent.mp4", audio=False)
+    with pytest.raises(VideoError, match="silent.mp4: has no audio"):
+        split_footage([silent], None, tmp_path / "cut")
+    proc = subprocess.run(
+        [sys.executable, "scripts/demo.py", str(tmp_path / "nope.mp4"), "--out", str(tmp_path)],
+        cwd=ROOT, capture_output=True, text=True,
+    )  # fmt: skip
+    assert proc.returncode == 1 and "nope.mp4: no such file or folder" in proc.stderr
+    assert not (tmp_path / ".done").exists()
+
+
+def test_similarity_alignment_moves_the_reference_onto_the_target_pose():
+    import math
+
+    from ldm.models.diffusion.reference_align import STABLE_POINTS, align_references
+
+    image = torch.zeros(1, 3, 64, 64)
+    image[:, :, 20:30, 30:40] = 1.0  # a bright square centred at (34.5, 24.5)
+    pts = torch.rand(1, 39, 2, generator=torch.Generator().manual_seed(0)) * 40 + 12
+    a, centre, shift = math.radians(10), torch.tensor([32.0, 32.0]), torch.tensor([3.0, -2.0])
+    rot = 1.1 * torch.tensor([[math.cos(a), -math.sin(a)], [math.sin(a), math.cos(a)]])
+    target = (pts - centre) @ rot.T + centre + shift
+    target[:, [i for i in range(39) if i not in STABLE_POINTS]] = 0.0  # only eyes/nose count
+    out = align_references(image, pts, target)
+    ys, xs = torch.nonzero(out[0, 0] > 0.5, as_tuple=True)
+    expected = (torch.tensor([34.5, 24.5]) - centre) @ rot.T + centre + shift
+    assert abs(xs.float().mean() - expected[0]) < 0.3 and abs(ys.float().mean() - expected[1]) < 0.3
+    same = align_references(image, pts, pts)  # identity: unchanged
+    torch.testing.assert_close(same, image, atol=1e-4, rtol=0)
+
+
+def test_mouth_window_follows_the_nose_and_stays_inside_the_latent():
+    from ldm.models.diffusion import mouth_window as mw
+
+    lms = torch.zeros(3, 39, 2)
+    lms[:, mw.NOSE_TIP] = torch.tensor([[64.0, 70.0], [4.0, 4.0], [124.0, 124.0]])  # 128 px
+    corners = mw.window_corners(lms, 128, 32, 20)
+    assert corners.tolist() == [[18 - mw.NOSE_ROWS_ABOVE, 6], [0, 0], [12, 12]]
+    x = torch.arange(3 * 2 * 32 * 32, dtype=torch.float32).reshape(3, 2, 32, 32)
+    part = mw.crop(x, corners, 20)
+    assert part.shape == (3, 2, 20, 20) and part[0, 0, 0, 0] == x[0, 0, 12, 6]
+    torch.testing.assert_close(mw.paste(torch.zeros_like(x), part, corners).sum(), part.sum())
+    torch.testing.assert_close(mw.paste(x, part, corners), x)  # pasting its own crop: no change
+
+
+def test_min_snr_weights_cap_the_clean_timesteps_only(demo_model):
+    _, model, _ = demo_model
+    model.snr_gamma = 5.0
+    t = torch.tensor([0, 100, 999])
+    w = model.min_snr_weight(t)
+    abar = model.alphas_cumprod[t]
+    snr = abar / (1 - abar)
+    assert snr[0] > 5 and w[0] == pytest.approx(5 / float(snr[0]))  # nearly clean: down-weighted
+    assert snr[2] < 5 and w[2] == 1.0  # noisy: unchanged
+    model.snr_gamma = None
