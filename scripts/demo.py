@@ -20,7 +20,7 @@ import sys
 import time
 from pathlib import Path
 
-from ldm.demo.pipeline import FULL, QUICK, Pipeline
+from ldm.demo.pipeline import FULL, QUICK, SAMPLE, SAMPLE_QUICK, Pipeline
 from ldm.demo.steps import prepare_footage
 from ldm.preprocessing.video import VideoError
 
@@ -51,7 +51,10 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     train = [c.name for c in footage.clips if c != footage.test]
     logger.info("training on %s; held out: %s", ", ".join(train), footage.test.name)
-    pipe = Pipeline(out, QUICK if args.quick else FULL)
+    if args.videos or args.test:
+        pipe = Pipeline(out, QUICK if args.quick else FULL)
+    else:
+        pipe = Pipeline(out, SAMPLE_QUICK if args.quick else SAMPLE, sample=True)
     n_frames = pipe.preprocess(footage)
     first_stage = pipe.first_stage(n_frames)
     run_dir = pipe.talking(n_frames, first_stage)

@@ -26,6 +26,12 @@ LDM_CONFIGS = (
     "configs/latent-diffusion/talking-small.yaml",
     "configs/latent-diffusion/talking-demo.yaml",
 )
+# the built-in sample keeps the previous recipe (talking-demo-sample.yaml says why)
+SAMPLE_AE = ("configs/autoencoder/vq_f4_small.yaml", "data.params.train.params.crop_size=64")
+SAMPLE_LDM = (
+    "configs/latent-diffusion/talking-small.yaml",
+    "configs/latent-diffusion/talking-demo-sample.yaml",
+)
 STAGES = ("preprocess", "first_stage", "talking", "render", "first_stage_only", "evaluate")
 
 
@@ -54,14 +60,17 @@ class Budget:
 
 FULL = Budget()
 QUICK = Budget(ae_steps=(200, 200), ldm_steps=(1000, 1000))
+SAMPLE = Budget(ae_steps=(500, 500), ldm_steps=(1500, 1500))  # the previous demo's steps
+SAMPLE_QUICK = Budget(ae_steps=(300, 300), ldm_steps=(1000, 1000))
 
 
 class Pipeline:
     """One demo run in ``out``: runs each stage once, in order, with its progress logged."""
 
-    def __init__(self, out: Path, budget: Budget) -> None:
+    def __init__(self, out: Path, budget: Budget, sample: bool = False) -> None:
         self.out = out
         self.budget = budget
+        self.sample = sample  # the built-in sample: previous recipe, fixed steps
         self.data = out / "data" / "HDTF"
 
     def run(self, stage: str, cmd: list[str]) -> None:
@@ -106,7 +115,7 @@ class Pipeline:
         else:
             cmd = ["main.py", "--base", *configs, "-t", "-l", str(logs), "-n", stage]
         cmd += ["--max_steps", str(steps), "--accelerator", "cpu"]
-        cmd += [f"lightning.callbacks.progress.params.name={stage}", *extra]
+        cmd += extra
         self.run(stage, cmd)
         return latest_run(logs, stage)
 
@@ -114,7 +123,10 @@ class Pipeline:
         """Train the KL-f4 first stage on the training frames; returns its checkpoint."""
         steps = self.budget.steps(n_frames)[0]
         logger.info("first stage: %d steps for %d training frames", steps, n_frames)
-        run_dir = self.train("first_stage", [AE_CONFIG], steps, self.data_overrides(images=True))
+        configs, extra = [AE_CONFIG], self.data_overrides(images=True)
+        if self.sample:
+            configs, extra = [SAMPLE_AE[0]], [*extra, SAMPLE_AE[1], "data.params.batch_size=8"]
+        run_dir = self.train("first_stage", configs, steps, extra)
         ckpt = self.out / "first_stage.ckpt"
         if not ckpt.exists():
             shutil.copy(run_dir / "checkpoints" / "last.ckpt", ckpt)
@@ -126,7 +138,7 @@ class Pipeline:
         logger.info("talking LDM: %d steps for %d training frames", steps, n_frames)
         extra = self.data_overrides(images=False)
         extra.append(f"model.params.first_stage_config.params.ckpt_path={first_stage}")
-        return self.train("talking", list(LDM_CONFIGS), steps, extra)
+        return self.train("talking", list(SAMPLE_LDM if self.sample else LDM_CONFIGS), steps, extra)
 
     def render(self, stage: str, run_dir: Path, footage: Footage, out: Path, extra: list[str]):
         """scripts/inference.py on the test clip, driven by its own audio."""
