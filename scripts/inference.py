@@ -5,6 +5,9 @@ Drive any portrait with any speech (video or photo; audio in any format ffmpeg r
         --config configs/latent-diffusion/talking.yaml \\
         --video portrait.mp4 --audio speech.wav --out result.mp4 [--sampler dpm]
 
+Rendering streams chunk by chunk (--chunk-frames); a killed render run again with the same
+arguments resumes after its last finished chunk, and the mp4 appears only when complete.
+
 The paper protocol over a split list (what inference.sh runs): per clip, frames, an mp4 with the
 clip's audio and a ground-truth side-by-side mp4:
     python scripts/inference.py --ckpt last.ckpt --split data/data_test.txt --outdir logs/inference
@@ -26,6 +29,7 @@ from ldm.inference.checkpoint import DEFAULT_CONFIG, CheckpointError, load_confi
 from ldm.inference.clip import LOOP_MODES
 from ldm.inference.portrait import PortraitJob, render_portrait
 from ldm.inference.render import REFERENCE_MODES, SAMPLERS, RenderOptions
+from ldm.inference.stream import CHUNK_FRAMES
 from ldm.inference.testlist import SplitJob, render_split
 from ldm.preprocessing.audio_features import FEATURE_KINDS
 from ldm.preprocessing.dataset import parse_id_spec
@@ -69,6 +73,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     g.add_argument("--shared-noise", action="store_true", help="one initial noise for all frames")
     g.add_argument("--batch-size", type=int, default=8)
     g.add_argument("--seed", type=int, default=0)
+    g.add_argument(
+        "--chunk-frames",
+        type=int,
+        default=CHUNK_FRAMES,
+        help="frames per chunk: a killed render started again resumes after its last chunk",
+    )
     g.add_argument(
         "--first-stage-only",
         action="store_true",
@@ -124,6 +134,7 @@ def run(args: argparse.Namespace) -> None:
             ids=parse_id_spec(args.ids) or None,
             max_frames=args.max_frames,
             image_format=args.image_format,
+            chunk_frames=args.chunk_frames,
         )
         render_split(model, config, job, opts)
         return
@@ -139,6 +150,7 @@ def run(args: argparse.Namespace) -> None:
         landmarker=args.landmarker,
         crop=args.crop,
         crop_scale=args.crop_scale,
+        chunk_frames=args.chunk_frames,
     )
     render_portrait(model, job, opts)
 

@@ -4,26 +4,38 @@ from __future__ import annotations
 
 import logging
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 
-import cv2
 import numpy as np
 import torch
 from PIL import Image, ImageOps
-from tqdm.auto import tqdm
 
 from ldm.inference.clip import PortraitClip, PortraitItems, driving_audio, frame_indices
 from ldm.inference.paste import paste_face, paste_mask
 from ldm.inference.render import Renderer, RenderOptions
+from ldm.inference.source import SourceFrames
+from ldm.inference.stream import (
+    CHUNK_FRAMES,
+    ChunkStore,
+    Emit,
+    chunk_dir,
+    file_stamp,
+    render_chunks,
+    render_signature,
+    write_image,
+)
 from ldm.preprocessing.audio_features import SAMPLE_RATE
 from ldm.preprocessing.pipeline import PreprocessOptions, process_video
-from ldm.preprocessing.video import VideoError, load_audio, read_frames, write_video
+from ldm.preprocessing.video import VideoEncoder, VideoError, load_audio, write_video
 
 logger = logging.getLogger(__name__)
 
 FPS = 25.0
 PORTRAIT_ID = 1  # id of the portrait inside its temporary dataset root
+MASK_CACHE = 64  # paste masks kept (a ping-pong revisits its frames)
 
 
 @dataclass
@@ -41,6 +53,7 @@ class PortraitJob:
     landmarker: str = "dlib"
     crop: str = "fixed"  # fixed | track
     crop_scale: float = 1.8
+    chunk_frames: int = CHUNK_FRAMES  # frames per resumable chunk
 
     def __post_init__(self) -> None:
         if (self.video is None) == (self.image is None):
@@ -61,16 +74,14 @@ def read_photo(path: Path) -> np.ndarray:
         raise VideoError(f"{path}: not a readable image ({exc})") from exc
 
 
-def source_frames(job: PortraitJob, work: Path, n_max: int) -> tuple[Path, np.ndarray]:
-    """The video to preprocess and its full-resolution 25 fps frames (T, H, W, 3) uint8.
-
-    A photo becomes a one-frame video for the preprocessing; its pasting canvas is the photo
-    itself, so pixels away from the face stay exactly as they were.
-    """
-    if job.image is not None:
-        photo = read_photo(Path(job.image))
-        return write_video(work / "portrait.mp4", photo[None], FPS), photo[None]
-    return Path(job.video), read_frames(job.video, fps=FPS, max_frames=n_max)
+def portrait_source(job: PortraitJob, work: Path) -> tuple[Path, Sequence[np.ndarray] | None]:
+    """The video to preprocess and, for a photo, its pasting canvas (the photo itself, so
+    pixels away from the face stay exactly as they were; it becomes a one-frame video for the
+    preprocessing). A video's frames are read while pasting (``SourceFrames``)."""
+    if job.image is None:
+        return Path(job.video), None
+    photo = read_photo(Path(job.image))
+    return write_video(work / "portrait.mp4", photo[None], FPS), [photo]
 
 
 def preprocess_portrait(
@@ -90,27 +101,32 @@ def preprocess_portrait(
     return PortraitClip(root, result.meta)
 
 
-def paste_all(
-    clip: PortraitClip, frames: np.ndarray, crops: np.ndarray, indices: np.ndarray, progress: bool
-) -> np.ndarray:
-    """Full frames (T_out, H, W, 3) with each generated crop pasted into its source frame."""
-    out = np.empty((len(indices), *frames.shape[1:]), np.uint8)
-    masks: dict[int, np.ndarray] = {}
-    for k in tqdm(range(len(indices)), desc="paste", unit="fr", disable=not progress):
+def paste_emitter(
+    clip: PortraitClip, source: Sequence[np.ndarray], indices: np.ndarray, frames_dir: Path | None
+) -> Emit:
+    """Emit that pastes output frame k's crop into source frame ``indices[k]``, encodes it and
+    saves it as {frames_dir}/{k + 1:05d}.png when asked."""
+
+    @lru_cache(maxsize=MASK_CACHE)
+    def mask(src: int) -> np.ndarray:
+        return paste_mask(clip.landmarks(src), clip.meta.size, int(clip.box(src)[2]))
+
+    def emit(k: int, crop: np.ndarray, encoders: Sequence[VideoEncoder]) -> None:
         src = int(indices[k])
-        box = clip.box(src)
-        if src not in masks:
-            masks[src] = paste_mask(clip.landmarks(src), clip.meta.size, int(box[2]))
-        out[k] = paste_face(frames[src], crops[k], box, masks[src])
-    return out
+        frame = paste_face(source[src], crop, clip.box(src), mask(src))
+        encoders[0].write(frame)
+        if frames_dir is not None:
+            write_image(frames_dir / f"{k + 1:05d}.png", frame)
+
+    return emit
 
 
-def save_frames(frames: np.ndarray, folder: Path) -> None:
-    """Write frames as {folder}/{k:05d}.png, k from 1."""
-    folder.mkdir(parents=True, exist_ok=True)
-    for k, frame in enumerate(frames, 1):
-        if not cv2.imwrite(str(folder / f"{k:05d}.png"), frame[..., ::-1]):
-            raise OSError(f"cannot write {folder / f'{k:05d}.png'}")
+def job_inputs(job: PortraitJob, n_frames: int) -> dict:
+    """What of the job a render's frames depend on (for resuming)."""
+    stamps = {key: file_stamp(getattr(job, key)) for key in ("audio", "video", "image")}
+    keys = ("loop", "audio_features", "audio_model", "landmarker", "crop", "crop_scale")
+    frames_dir = None if job.frames_dir is None else str(job.frames_dir)
+    return {**stamps, **{k: getattr(job, k) for k in keys}, "frames_dir": frames_dir, "n": n_frames}
 
 
 def load_speech(job: PortraitJob, model: torch.nn.Module) -> np.ndarray:
@@ -127,22 +143,26 @@ def load_speech(job: PortraitJob, model: torch.nn.Module) -> np.ndarray:
 
 
 def render_portrait(model: torch.nn.Module, job: PortraitJob, opts: RenderOptions) -> Path:
-    """Render ``job.out`` (mp4 with the driving audio); returns its path."""
+    """Render ``job.out`` (mp4 with the driving audio) chunk by chunk; returns its path. A run
+    killed before the end resumes from its last finished chunk when started again."""
     audio = load_speech(job, model)
-    n_out, size = len(audio), model.frame_size
+    n_out, size, out = len(audio), model.frame_size, Path(job.out)
     with tempfile.TemporaryDirectory(prefix="difftalk-portrait-") as tmp:
         work = Path(tmp)
-        video, frames = source_frames(job, work, n_out)
+        video, photo = portrait_source(job, work)
         clip = preprocess_portrait(video, work / "clip", size, n_out, job, opts.progress)
-        n_src = min(clip.n_frames, len(frames))
-        indices = frame_indices(n_src, n_out, job.loop)
-        if n_src < n_out:
-            logger.info("portrait has %d frames for %d of speech: %s", n_src, n_out, job.loop)
+        source = photo or SourceFrames(video, clip.n_frames, FPS)
+        indices = frame_indices(clip.n_frames, n_out, job.loop)
+        if clip.n_frames < n_out:
+            logger.info(
+                "portrait has %d frames for %d of speech: %s", clip.n_frames, n_out, job.loop
+            )
         items = PortraitItems(clip, indices, audio, size, model.image_size)
-        crops = Renderer(model, opts).render(items, items.reference())
-        result = paste_all(clip, frames, crops, indices, opts.progress)
-    if job.frames_dir is not None:
-        save_frames(result, Path(job.frames_dir))
-    out = write_video(job.out, result, FPS, audio_path=job.audio)
-    logger.info("wrote %s (%d frames, %dx%d)", out, len(result), result.shape[2], result.shape[1])
+        signature = render_signature(model, opts, **job_inputs(job, n_out))
+        store = ChunkStore([out], chunk_dir(out), signature, FPS, job.chunk_frames)
+        frames_dir = None if job.frames_dir is None else Path(job.frames_dir)
+        emit = paste_emitter(clip, source, indices, frames_dir)
+        render_chunks(Renderer(model, opts), items, items.reference(), store, emit)
+    store.finish([job.audio])
+    logger.info("wrote %s (%d frames, %s)", out, n_out, "x".join(map(str, source[0].shape[1::-1])))
     return out

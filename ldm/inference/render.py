@@ -8,14 +8,13 @@ whose upper face/background is kept), ``image_mask`` (the frame cut below landma
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
 from torch.utils.data import default_collate
-from tqdm.auto import tqdm
 
 from ldm.models.diffusion.ddim import DDIMSampler, make_ddim_timesteps, randn
 from ldm.models.diffusion.dpm_solver import DPMSolverSampler
@@ -25,6 +24,15 @@ logger = logging.getLogger(__name__)
 SAMPLERS = ("ddim", "dpm")
 DEFAULT_STEPS = {"ddim": 200, "dpm": 20}  # DDIM-200: the paper protocol (SPEC 5.2)
 REFERENCE_MODES = ("first", "progressive")
+INITIAL_NOISE, STEP_NOISE = 1, 2  # noise streams of ``seeded``: x_T per frame, sampler per batch
+
+
+class RenderedBatch(NamedTuple):
+    """Consecutive rendered frames and the reference of the frame after them."""
+
+    start: int  # index of the first frame
+    frames: np.ndarray  # (B, H, W, 3) uint8
+    reference: np.ndarray  # (H, W, 3) float in [-1, 1]
 
 
 @dataclass
@@ -112,31 +120,42 @@ class Renderer:
         )
         return m.decode_first_stage(z).clamp(-1.0, 1.0)
 
-    def render(self, items: Sequence[dict[str, Any]], reference: np.ndarray) -> np.ndarray:
-        """Frames (T, H, W, 3) uint8 for ``items``; ``reference`` (H, W, 3) in [-1, 1] is the
-        first (or, with reference='first', every) frame's reference."""
-        o, n = self.opts, len(items)
-        generator = torch.Generator().manual_seed(o.seed)
-        shared = randn((1, *self.latent_shape), generator, self.model.device)
+    def initial_noise(self, index: int) -> torch.Tensor:
+        """(1, C, h, w) x_T of frame ``index`` (of every frame with shared_noise)."""
+        key = () if self.opts.shared_noise else (INITIAL_NOISE, index)
+        return randn((1, *self.latent_shape), seeded(self.opts.seed, *key), self.model.device)
+
+    def frames(
+        self, items: Sequence[dict[str, Any]], reference: np.ndarray, start: int = 0,
+        stop: int | None = None,
+    ) -> Iterator[RenderedBatch]:  # fmt: skip
+        """Render ``items[start:stop]`` batch by batch. ``reference`` (H, W, 3) in [-1, 1] is the
+        reference of frame ``start`` (with reference='first', of every frame). Each frame's noise
+        depends only on the seed and its index, so any range renders as it would in a full run
+        (with the same batch size, counted from ``start``)."""
+        o, m = self.opts, self.model
+        stop = len(items) if stop is None else stop
         batch_size = 1 if o.reference == "progressive" else o.batch_size
-        if batch_size < o.batch_size:
-            logger.info("progressive reference: frames are rendered one after the other")
-        out: list[np.ndarray] = []
-        with self.model.ema_scope("rendering"), torch.inference_mode():
+        with m.ema_scope("rendering"), torch.inference_mode():
             ref_latent = self.encode_reference(torch.as_tensor(reference))
-            bar = tqdm(total=n, desc=f"{o.sampler}-{o.steps}", unit="fr", disable=not o.progress)
-            for start in range(0, n, batch_size):
-                batch = default_collate(
-                    [items[i] for i in range(start, min(n, start + batch_size))]
+            for first in range(start, stop, batch_size):
+                index = range(first, min(stop, first + batch_size))
+                batch = default_collate([items[i] for i in index])
+                x_T = torch.cat([self.initial_noise(i) for i in index])  # (B, C, h, w)
+                images = self.sample_batch(
+                    batch, ref_latent, x_T, seeded(o.seed, STEP_NOISE, first)
                 )
-                b = len(batch["image"])
-                x_T = shared.expand(b, -1, -1, -1) if o.shared_noise else None
-                if x_T is None:
-                    x_T = randn((b, *self.latent_shape), generator, self.model.device)
-                images = self.sample_batch(batch, ref_latent, x_T, generator)
                 if o.reference == "progressive":  # this frame is the next one's reference
-                    ref_latent = self.encode_reference(images[-1].permute(1, 2, 0))
-                out.append(to_uint8(images))
-                bar.update(b)
-            bar.close()
-        return np.concatenate(out)
+                    reference = images[-1].permute(1, 2, 0).cpu().numpy()
+                    ref_latent = self.encode_reference(torch.as_tensor(reference))
+                yield RenderedBatch(first, to_uint8(images), reference)
+
+    def render(self, items: Sequence[dict[str, Any]], reference: np.ndarray) -> np.ndarray:
+        """All frames (T, H, W, 3) uint8 of a short clip in memory (see ``frames``)."""
+        return np.concatenate([b.frames for b in self.frames(items, reference)])
+
+
+def seeded(seed: int, *key: int) -> torch.Generator:
+    """A CPU generator whose state depends only on ``seed`` and ``key`` (e.g. a frame index)."""
+    state = np.random.SeedSequence([seed, *key]).generate_state(2, np.uint32)
+    return torch.Generator().manual_seed(int(state[0]) << 32 | int(state[1]))

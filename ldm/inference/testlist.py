@@ -11,17 +11,25 @@ from __future__ import annotations
 import logging
 import tempfile
 from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import Subset
 
 from ldm.inference.render import Renderer, RenderOptions
-from ldm.preprocessing.video import write_video
+from ldm.inference.stream import (
+    CHUNK_FRAMES,
+    ChunkStore,
+    chunk_dir,
+    render_chunks,
+    render_signature,
+    write_image,
+)
+from ldm.preprocessing.video import VideoEncoder
 from ldm.util import instantiate_from_config
 
 logger = logging.getLogger(__name__)
@@ -42,6 +50,7 @@ class SplitJob:
     ids: set[int] | None = None  # only these clip ids
     max_frames: int | None = None  # at most this many frames per clip
     image_format: str = "png"  # png | jpg
+    chunk_frames: int = CHUNK_FRAMES  # frames per resumable chunk
 
 
 def inference_dataset(config: DictConfig, job: SplitJob, latent_size: int) -> Any:
@@ -102,30 +111,33 @@ def audio_segment(root: Path, audio_vid: int, frames: list[int], folder: Path) -
     return out
 
 
-def ground_truth(items: Subset) -> np.ndarray:
-    """(T, H, W, 3) uint8 ground-truth frames of a clip."""
-    return np.stack(
-        [np.round((items[i]["image"] + 1.0) * 127.5).clip(0, 255) for i in range(len(items))]
-    ).astype(np.uint8)
+def truth_frame(item: dict[str, Any]) -> np.ndarray:
+    """(H, W, 3) uint8 ground-truth frame of a dataset item."""
+    return np.round((item["image"] + 1.0) * 127.5).clip(0, 255).astype(np.uint8)
 
 
-def write_clip(
-    job: SplitJob,
-    vid: int,
-    frames: list[int],
-    fake: np.ndarray,
-    real: np.ndarray,
-    audio: Path | None,
+def render_clip(
+    renderer: Renderer, dataset: Any, job: SplitJob, vid: int, indices: list[int], signature: dict
 ) -> None:
-    """{outdir}/{vid}/frames/{frame:05d}.png, {vid}.mp4 and {vid}_side_by_side.mp4."""
+    """{outdir}/{vid}/frames/{frame:05d}.png, {vid}.mp4 and {vid}_side_by_side.mp4 (truth |
+    generated), rendered chunk by chunk and resumable."""
+    items = Subset(dataset, indices)
+    frames = [int(dataset.keys[i][1]) for i in indices]
+    logger.info("clip %d: %d frames (%d..%d)", vid, len(frames), frames[0], frames[-1])
     folder = job.outdir / str(vid) / "frames"
-    folder.mkdir(parents=True, exist_ok=True)
-    for frame, image in zip(frames, fake, strict=True):
-        path = folder / f"{frame:05d}.{job.image_format}"
-        if not cv2.imwrite(str(path), image[..., ::-1]):
-            raise OSError(f"cannot write {path}")
-    write_video(job.outdir / f"{vid}.mp4", fake, FPS, audio_path=audio)
-    write_video(job.outdir / f"{vid}_side_by_side.mp4", np.concatenate([real, fake], 2), FPS, audio)
+    outs = [job.outdir / f"{vid}.mp4", job.outdir / f"{vid}_side_by_side.mp4"]
+    signature = {**signature, "clip": vid, "frames": frames}
+    store = ChunkStore(outs, chunk_dir(outs[0]), signature, FPS, job.chunk_frames)
+
+    def emit(k: int, fake: np.ndarray, encoders: Sequence[VideoEncoder]) -> None:
+        write_image(folder / f"{frames[k]:05d}.{job.image_format}", fake)
+        encoders[0].write(fake)
+        encoders[1].write(np.concatenate([truth_frame(items[k]), fake], 1))
+
+    render_chunks(renderer, items, items[0]["reference_img"], store, emit)
+    with tempfile.TemporaryDirectory(prefix="difftalk-audio-") as tmp:
+        audio = audio_segment(dataset.root, job.audio_id or vid, frames, Path(tmp))
+        store.finish([audio, audio])
 
 
 def render_split(model: Any, config: DictConfig, job: SplitJob, opts: RenderOptions) -> list[int]:
@@ -136,15 +148,11 @@ def render_split(model: Any, config: DictConfig, job: SplitJob, opts: RenderOpti
         raise ValueError(f"{job.split}: no keys to render (ids filter: {job.ids})")
     check_audio(dataset, clips)
     renderer = Renderer(model, opts)
-    done = []
+    signature = render_signature(
+        model, opts, root=str(Path(dataset.root).resolve()), audio_id=job.audio_id,
+        image_format=job.image_format,
+    )  # fmt: skip
     for vid, indices in clips.items():
-        items = Subset(dataset, indices)
-        frames = [int(dataset.keys[i][1]) for i in indices]
-        logger.info("clip %d: %d frames (%d..%d)", vid, len(frames), frames[0], frames[-1])
-        fake = renderer.render(items, items[0]["reference_img"])
-        with tempfile.TemporaryDirectory(prefix="difftalk-audio-") as tmp:
-            audio = audio_segment(dataset.root, job.audio_id or vid, frames, Path(tmp))
-            write_clip(job, vid, frames, fake, ground_truth(items), audio)
-        done.append(vid)
-    logger.info("wrote %d clip(s) to %s", len(done), job.outdir)
-    return done
+        render_clip(renderer, dataset, job, vid, indices, signature)
+    logger.info("wrote %d clip(s) to %s", len(clips), job.outdir)
+    return list(clips)

@@ -118,18 +118,24 @@ def iter_frames(
     fps: float | None = 25.0,
     max_frames: int | None = None,
     info: VideoInfo | None = None,
+    start: int = 0,
 ) -> Iterator[np.ndarray]:
-    """Yield (H, W, 3) uint8 RGB frames resampled to a constant `fps` (None = native rate)."""
+    """Yield (H, W, 3) uint8 RGB frames resampled to a constant `fps` (None = native rate),
+    from frame `start` on (the earlier frames are decoded and dropped inside ffmpeg, so frame
+    `start` is exactly the one a read from the beginning gives)."""
     info = info or probe(path)
     if not info.has_video:
         raise VideoError(f"{path}: no video stream")
     cmd = [ffmpeg_exe(), "-v", "error", "-nostdin", "-i", str(path), "-map", "0:v:0"]
-    if fps is not None:
-        cmd += ["-vf", f"fps={fps:g}"]
+    filters = [f"fps={fps:g}"] if fps is not None else []
+    if start > 0:
+        filters.append(f"trim=start_frame={start},setpts=PTS-STARTPTS")
+    if filters:
+        cmd += ["-vf", ",".join(filters)]
     if max_frames is not None:
         cmd += ["-frames:v", str(int(max_frames))]
     cmd += ["-f", "rawvideo", "-pix_fmt", "rgb24", "pipe:1"]
-    expected = int(round(info.duration * (fps or info.fps)))
+    expected = int(round(info.duration * (fps or info.fps))) - start
     if max_frames is not None:
         expected = min(expected, int(max_frames))
     yield from _pipe_frames(cmd, path, info.width, info.height, expected)
@@ -213,6 +219,94 @@ def load_audio(path: PathLike, sr: int = 16000) -> np.ndarray:
     return wav
 
 
+def _encode_cmd(width: int, height: int, fps: float, audio_path: PathLike | None, out: Path):
+    """ffmpeg command encoding rgb24 frames from stdin as H.264 yuv420p mp4 (+AAC audio)."""
+    cmd = [ffmpeg_exe(), "-v", "error", "-nostdin", "-y", "-f", "rawvideo", "-pix_fmt", "rgb24"]
+    cmd += ["-s", f"{width}x{height}", "-r", f"{fps:g}", "-i", "pipe:0"]
+    if audio_path is not None:
+        cmd += ["-i", str(_check_file(audio_path)), "-map", "0:v:0", "-map", "1:a:0"]
+        cmd += ["-c:a", "aac", "-b:a", "128k", "-shortest"]
+    # yuv420p needs even sizes: pad by one pixel with edge replication if odd
+    cmd += ["-vf", "pad=ceil(iw/2)*2:ceil(ih/2)*2", "-c:v", "libx264", "-pix_fmt", "yuv420p"]
+    return cmd + ["-crf", "18", "-preset", "medium", "-movflags", "+faststart", str(out)]
+
+
+def temp_path(out: Path) -> Path:
+    """A hidden sibling of ``out`` to write into before the rename that publishes it."""
+    return out.with_name(f".{out.stem}.{os.getpid()}.tmp{out.suffix or '.mp4'}")
+
+
+class VideoEncoder:
+    """Encode (H, W, 3) uint8 RGB frames to an H.264 mp4 through an ffmpeg pipe as they come;
+    the file appears at ``path`` only when ``close`` succeeds (temp, then rename).
+
+    Use as a context manager: an exception inside the block discards the partial file.
+    """
+
+    def __init__(self, path: PathLike, fps: float = 25.0, audio_path: PathLike | None = None):
+        self.path, self.fps, self.audio_path = Path(path), fps, audio_path
+        self.tmp = temp_path(self.path)
+        self.n_frames, self.shape = 0, None
+        self._proc: subprocess.Popen | None = None
+        self._err = tempfile.TemporaryFile()
+
+    def write(self, frame: np.ndarray) -> None:
+        """Append one (H, W, 3) uint8 RGB frame; every frame must have the first one's size."""
+        if frame.ndim != 3 or frame.shape[-1] != 3 or 0 in frame.shape:
+            raise VideoError(f"{self.path}: expected (H, W, 3) frames, got shape {frame.shape}")
+        if self._proc is None:
+            self.shape = frame.shape
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            cmd = _encode_cmd(frame.shape[1], frame.shape[0], self.fps, self.audio_path, self.tmp)
+            self._proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stderr=self._err)
+        elif frame.shape != self.shape:
+            raise VideoError(
+                f"{self.path}: frame {self.n_frames} is {frame.shape}, not {self.shape}"
+            )
+        try:
+            self._proc.stdin.write(np.ascontiguousarray(frame, np.uint8).tobytes())
+        except BrokenPipeError:
+            self._failed()
+        self.n_frames += 1
+
+    def _failed(self) -> None:
+        """Raise VideoError with ffmpeg's reason."""
+        self._err.seek(0)
+        raise VideoError(f"{self.path}: encoding failed: {_ffmpeg_reason(self._err.read())}")
+
+    def close(self) -> Path:
+        """Finish encoding and publish the file; returns its path."""
+        if self._proc is None:
+            raise VideoError(f"{self.path}: no frames to encode")
+        try:
+            self._proc.stdin.close()
+        except BrokenPipeError:
+            pass
+        if self._proc.wait() != 0:
+            self._failed()
+        os.replace(self.tmp, self.path)
+        self._err.close()
+        return self.path
+
+    def abort(self) -> None:
+        """Stop ffmpeg and delete the partial file."""
+        if self._proc is not None:
+            self._proc.kill()
+            self._proc.wait()
+            self._proc.stdin.close()
+        self.tmp.unlink(missing_ok=True)
+        self._err.close()
+
+    def __enter__(self) -> VideoEncoder:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+
+
 def write_video(
     path: PathLike,
     frames: np.ndarray,
@@ -223,25 +317,30 @@ def write_video(
     frames = np.asarray(frames)
     if frames.ndim != 4 or frames.shape[-1] != 3 or len(frames) == 0:
         raise VideoError(f"{path}: expected (T, H, W, 3) frames, got shape {frames.shape}")
+    with VideoEncoder(path, fps, audio_path) as enc:
+        for frame in frames:
+            enc.write(frame)
+    return enc.path
+
+
+def concat_videos(parts: list[Path], path: PathLike, audio_path: PathLike | None = None) -> Path:
+    """Join mp4 segments encoded alike into ``path`` without re-encoding (+AAC audio, cut to the
+    shorter stream), temp then rename."""
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.stem}.{os.getpid()}.tmp{out.suffix or '.mp4'}")
-    t, h, w, _ = frames.shape
-    cmd = [ffmpeg_exe(), "-v", "error", "-nostdin", "-y", "-f", "rawvideo", "-pix_fmt", "rgb24"]
-    cmd += ["-s", f"{w}x{h}", "-r", f"{fps:g}", "-i", "pipe:0"]
+    tmp = temp_path(out)
+    listing = out.with_name(f".{out.stem}.{os.getpid()}.concat.txt")
+    listing.write_text("".join(f"file '{p.resolve()}'\n" for p in parts))
+    cmd = [ffmpeg_exe(), "-v", "error", "-nostdin", "-y", "-f", "concat", "-safe", "0"]
+    cmd += ["-i", str(listing)]
     if audio_path is not None:
         cmd += ["-i", str(_check_file(audio_path)), "-map", "0:v:0", "-map", "1:a:0"]
         cmd += ["-c:a", "aac", "-b:a", "128k", "-shortest"]
-    # yuv420p needs even sizes: pad by one pixel with edge replication if odd
-    cmd += ["-vf", "pad=ceil(iw/2)*2:ceil(ih/2)*2", "-c:v", "libx264", "-pix_fmt", "yuv420p"]
-    cmd += ["-crf", "18", "-preset", "medium", "-movflags", "+faststart", str(tmp)]
+    cmd += ["-c:v", "copy", "-movflags", "+faststart", str(tmp)]
     try:
-        proc = subprocess.run(
-            cmd, input=np.ascontiguousarray(frames, np.uint8).tobytes(), capture_output=True
-        )
-        if proc.returncode != 0:
-            raise VideoError(f"{path}: encoding failed: {_ffmpeg_reason(proc.stderr)}")
+        _run(cmd, out, "joining the video chunks")
         os.replace(tmp, out)
     finally:
         tmp.unlink(missing_ok=True)
+        listing.unlink(missing_ok=True)
     return out
