@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
@@ -228,6 +229,7 @@ def _encode_cmd(width: int, height: int, fps: float, audio_path: PathLike | None
         cmd += ["-c:a", "aac", "-b:a", "128k", "-shortest"]
     # yuv420p needs even sizes: pad by one pixel with edge replication if odd
     cmd += ["-vf", "pad=ceil(iw/2)*2:ceil(ih/2)*2", "-c:v", "libx264", "-pix_fmt", "yuv420p"]
+    cmd += ["-bf", "0"]  # no B-frames: no start delay, so segments join exactly (concat_videos)
     return cmd + ["-crf", "18", "-preset", "medium", "-movflags", "+faststart", str(out)]
 
 
@@ -278,10 +280,8 @@ class VideoEncoder:
         """Finish encoding and publish the file; returns its path."""
         if self._proc is None:
             raise VideoError(f"{self.path}: no frames to encode")
-        try:
+        with contextlib.suppress(BrokenPipeError):  # ffmpeg failed: its reason follows
             self._proc.stdin.close()
-        except BrokenPipeError:
-            pass
         if self._proc.wait() != 0:
             self._failed()
         os.replace(self.tmp, self.path)
@@ -292,8 +292,9 @@ class VideoEncoder:
         """Stop ffmpeg and delete the partial file."""
         if self._proc is not None:
             self._proc.kill()
+            with contextlib.suppress(BrokenPipeError):
+                self._proc.stdin.close()
             self._proc.wait()
-            self._proc.stdin.close()
         self.tmp.unlink(missing_ok=True)
         self._err.close()
 

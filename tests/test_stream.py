@@ -1,0 +1,124 @@
+"""Streaming renders: source frames by index, chunk resume after a kill, identical results."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from ldm.inference import render as render_mod
+from ldm.inference.clip import frame_indices
+from ldm.inference.source import SourceFrames
+from ldm.inference.stream import ChunkStore, chunk_dir
+from ldm.preprocessing import synthetic
+from ldm.preprocessing.video import VideoEncoder, VideoError, read_frames
+
+from conftest import load_script
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+INFERENCE = load_script("inference")
+
+
+class Killed(Exception):
+    """Stands for a kill -9 in the middle of a render."""
+
+
+def test_source_frames_in_pingpong_order_match_a_full_read(tmp_path):
+    video = synthetic.make_face_video(tmp_path / "portrait.mp4", seconds=1.0)  # 25 frames
+    full = read_frames(video)
+    source = SourceFrames(video, len(full), 25.0, window=4)
+    for k in frame_indices(len(full), 70, "pingpong"):  # forward, back, forward again
+        assert np.array_equal(source[int(k)], full[k])
+    assert len(source._frames) <= 4
+    with pytest.raises(VideoError, match="preprocessing found 30"):
+        SourceFrames(video, 30, 25.0, window=4)[27]
+
+
+def test_chunks_of_another_render_are_not_reused(tmp_path):
+    out = tmp_path / "a.mp4"
+    store = ChunkStore([out], chunk_dir(out), {"seed": 1}, 25.0, chunk_frames=2)
+    with VideoEncoder(store.segment(0, 0)) as enc:
+        enc.write(np.zeros((8, 8, 3), np.uint8))
+    store.commit(0, np.zeros((4, 4, 3), np.float32))
+    assert ChunkStore([out], chunk_dir(out), {"seed": 1}, 25.0, chunk_frames=2).done == 1
+    assert ChunkStore([out], chunk_dir(out), {"seed": 2}, 25.0, chunk_frames=2).done == 0
+    assert not store.segment(0, 0).exists()
+
+
+def portrait_argv(tiny, tmp_path, out) -> list[str]:
+    video = tmp_path / "portrait.mp4"
+    if not video.exists():
+        synthetic.make_face_video(video, seconds=0.6)  # 15 frames for 30: a ping-pong
+        sf.write(tmp_path / "speech.wav", synthetic.speech_like_audio(1.2), 16000)
+    args = ["--ckpt", tiny["ckpt"], "--config", tiny["config"], "--video", video]
+    args += ["--audio", tmp_path / "speech.wav", "--out", out, "--chunk-frames", "8"]
+    args += ["--steps", "4", "--eta", "0.5", "--reference", "progressive", "--seed", "5"]
+    return [str(a) for a in args]
+
+
+def test_killed_render_resumes_and_matches_an_uninterrupted_run(tiny, tmp_path, monkeypatch):
+    whole, resumed = tmp_path / "whole.mp4", tmp_path / "resumed.mp4"
+    assert INFERENCE.main(portrait_argv(tiny, tmp_path, whole)) == 0
+    write = VideoEncoder.write
+    calls = {"n": 0}
+
+    def dies_at_frame_20(self, frame):
+        calls["n"] += 1
+        if calls["n"] == 20:  # in the middle of the third chunk (frames 16..23)
+            raise Killed
+        write(self, frame)
+
+    monkeypatch.setattr(VideoEncoder, "write", dies_at_frame_20)
+    with pytest.raises(Killed):
+        INFERENCE.main(portrait_argv(tiny, tmp_path, resumed))
+    monkeypatch.setattr(VideoEncoder, "write", write)
+    assert not resumed.exists()  # no mp4 before every chunk is done
+    progress = json.loads((chunk_dir(resumed) / "progress.json").read_text())
+    assert progress["done"] == 2
+
+    starts = []
+    frames = render_mod.Renderer.frames
+
+    def recording(self, items, reference, start=0, stop=None):
+        starts.append(start)
+        return frames(self, items, reference, start, stop)
+
+    monkeypatch.setattr(render_mod.Renderer, "frames", recording)
+    assert INFERENCE.main(portrait_argv(tiny, tmp_path, resumed)) == 0
+    assert starts == [16, 24]  # only the chunks that were not finished
+    a, b = read_frames(whole, fps=None), read_frames(resumed, fps=None)
+    assert len(a) == 30 and np.array_equal(a, b)
+    assert not chunk_dir(resumed).exists()
+
+
+def test_split_mode_resumes_per_clip(tiny, tmp_path, monkeypatch):
+    argv = ["--ckpt", tiny["ckpt"], "--config", tiny["config"], "--root", tiny["data"]]
+    argv += ["--split", tiny["root"] / "data_test.txt", "--steps", "4", "--chunk-frames", "3"]
+    whole, resumed = tmp_path / "whole", tmp_path / "resumed"
+    assert INFERENCE.main([str(a) for a in [*argv, "--outdir", whole]]) == 0
+    commit = ChunkStore.commit
+
+    def dies_after_chunk_1(self, k, reference):
+        if k == 1:
+            raise Killed
+        commit(self, k, reference)
+
+    monkeypatch.setattr(ChunkStore, "commit", dies_after_chunk_1)
+    with pytest.raises(Killed):
+        INFERENCE.main([str(a) for a in [*argv, "--outdir", resumed]])
+    monkeypatch.setattr(ChunkStore, "commit", commit)
+    assert not (resumed / "2.mp4").exists() and not (resumed / "2_side_by_side.mp4").exists()
+    assert INFERENCE.main([str(a) for a in [*argv, "--outdir", resumed]]) == 0
+    for name in ("2.mp4", "2_side_by_side.mp4"):
+        a, b = read_frames(whole / name, fps=None), read_frames(resumed / name, fps=None)
+        assert len(a) == 8 and np.array_equal(a, b)
+
+
+def test_encoder_failure_names_the_file_and_leaves_nothing(tmp_path):
+    out = tmp_path / "bad.mp4"
+    with pytest.raises(VideoError, match=r"bad\.mp4: frame 1 is"), VideoEncoder(out) as enc:
+        enc.write(np.zeros((8, 8, 3), np.uint8))
+        enc.write(np.zeros((8, 10, 3), np.uint8))
+    assert list(tmp_path.iterdir()) == []
