@@ -11,6 +11,7 @@ import pytest
 
 from ldm.preprocessing import audio_encoders as enc
 from ldm.preprocessing.audio_features import (
+    SmoothedWindows,
     align_to_grid,
     audio_conditions,
     extract_features,
@@ -86,6 +87,16 @@ def test_blockwise_smoothing_equals_whole_clip(block):
     starts = [a for a, _ in iter_smoothed(feats, 30, block=block)]
     assert starts == list(range(0, 30, block))
     np.testing.assert_array_equal(frame_windows(feats, 4, start=9), frame_windows(feats, 13)[9:])
+
+
+def test_lazy_windows_equal_the_whole_array():
+    feats = np.random.default_rng(1).standard_normal((61, 5)).astype(np.float32)
+    whole = smooth_windows(frame_windows(feats, 30))
+    lazy = SmoothedWindows(feats, 30)
+    assert len(lazy) == 30 and lazy.dim == 5
+    np.testing.assert_array_equal(np.stack([lazy[k] for k in range(30)]), whole)
+    with pytest.raises(IndexError):
+        lazy[30]
 
 
 def test_audio_conditions_shape():

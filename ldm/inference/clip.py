@@ -16,7 +16,7 @@ from ldm.data.talk import (
     jaw_latent_mask,
     load_image,
 )
-from ldm.preprocessing.audio_features import SAMPLE_RATE, audio_conditions
+from ldm.preprocessing.audio_features import SAMPLE_RATE, SmoothedWindows, extract_features
 from ldm.preprocessing.dataset import ClipMeta
 
 logger = logging.getLogger(__name__)
@@ -58,9 +58,11 @@ def n_video_frames(n_samples: int, sr: int = SAMPLE_RATE, fps: float = FPS) -> i
 
 def driving_audio(
     wav: np.ndarray, kind: str = "logmel", model_path: str | None = None
-) -> np.ndarray:
-    """(n_frames, 8, 16, D) smoothed audio windows of 16 kHz speech, one per 25 fps frame."""
-    return audio_conditions(wav, SAMPLE_RATE, n_video_frames(len(wav)), kind, model_path)
+) -> SmoothedWindows:
+    """(n_frames,) lazy (8, 16, D) smoothed audio windows of 16 kHz speech, one per 25 fps
+    frame (only the 50 Hz features are held, whatever the speech's length)."""
+    feats = extract_features(wav, SAMPLE_RATE, kind=kind, model_path=model_path)
+    return SmoothedWindows(feats, n_video_frames(len(wav)))
 
 
 def make_item(
@@ -120,7 +122,7 @@ class PortraitItems(Sequence):
         self,
         clip: PortraitClip,
         indices: np.ndarray,
-        audio: np.ndarray,
+        audio: Sequence[np.ndarray],
         size: int,
         latent_size: int,
         mask_landmark: int = INFERENCE_MASK_LANDMARK,

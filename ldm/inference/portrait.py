@@ -27,7 +27,7 @@ from ldm.inference.stream import (
     render_signature,
     write_image,
 )
-from ldm.preprocessing.audio_features import SAMPLE_RATE
+from ldm.preprocessing.audio_features import SAMPLE_RATE, SmoothedWindows
 from ldm.preprocessing.pipeline import PreprocessOptions, process_video
 from ldm.preprocessing.video import VideoEncoder, VideoError, load_audio, write_video
 
@@ -35,7 +35,7 @@ logger = logging.getLogger(__name__)
 
 FPS = 25.0
 PORTRAIT_ID = 1  # id of the portrait inside its temporary dataset root
-MASK_CACHE = 64  # paste masks kept (a ping-pong revisits its frames)
+MASK_CACHE = 4  # paste masks kept (a photo or a still source reuses one)
 
 
 @dataclass
@@ -129,13 +129,13 @@ def job_inputs(job: PortraitJob, n_frames: int) -> dict:
     return {**stamps, **{k: getattr(job, k) for k in keys}, "frames_dir": frames_dir, "n": n_frames}
 
 
-def load_speech(job: PortraitJob, model: torch.nn.Module) -> np.ndarray:
-    """(n_frames, 8, 16, D) audio windows of the driving speech, checked against the model."""
+def load_speech(job: PortraitJob, model: torch.nn.Module) -> SmoothedWindows:
+    """(n_frames,) lazy (8, 16, D) windows of the driving speech, checked against the model."""
     wav = load_audio(job.audio, SAMPLE_RATE)
     audio = driving_audio(wav, job.audio_features, job.audio_model)
-    if audio.shape[-1] != model_audio_dim(model):
+    if audio.dim != model_audio_dim(model):
         raise ValueError(
-            f"--audio-features {job.audio_features} gives {audio.shape[-1]}-d features, but the "
+            f"--audio-features {job.audio_features} gives {audio.dim}-d features, but the "
             f"model was trained on {model_audio_dim(model)}-d ones"
         )
     logger.info("%s: %.2f s of speech -> %d frames", job.audio, len(wav) / SAMPLE_RATE, len(audio))

@@ -7,7 +7,7 @@ T50 = n_samples // 320 + 1 steps, and video frame k (25 fps, 0-based) starts at 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from functools import lru_cache
 
 import numpy as np
@@ -139,19 +139,47 @@ def smooth_windows(windows: np.ndarray, size: int = SMOOTH) -> np.ndarray:
     return padded[idx]
 
 
+def smoothed_range(
+    feats: np.ndarray, n_frames: int, a: int, b: int, size: int = SMOOTH
+) -> np.ndarray:
+    """(b - a, size, 16, D): rows a..b-1 of smooth_windows(frame_windows(feats, n_frames))."""
+    half = size // 2
+    lo, hi = max(0, a - half), min(n_frames, b + half)
+    wins = np.zeros((b - a + size, WINDOW, feats.shape[1]), np.float32)  # frames a-half...
+    wins[lo - (a - half) : hi - (a - half)] = frame_windows(feats, hi - lo, start=lo)
+    idx = np.arange(b - a)[:, None] + np.arange(size)[None, :]
+    return wins[idx]
+
+
 def iter_smoothed(
     feats: np.ndarray, n_frames: int, block: int = 256, size: int = SMOOTH
 ) -> Iterator[tuple[int, np.ndarray]]:
     """Yield (first frame, (b, size, 16, D) block) equal to smooth_windows(frame_windows(...))
     without holding the whole clip's (T, 8, 16, D) array (long clips, wide features)."""
-    half = size // 2
     for a in range(0, n_frames, block):
-        b = min(n_frames, a + block)
-        lo, hi = max(0, a - half), min(n_frames, b + half)
-        wins = np.zeros((b - a + size, WINDOW, feats.shape[1]), np.float32)  # frames a-half...
-        wins[lo - (a - half) : hi - (a - half)] = frame_windows(feats, hi - lo, start=lo)
-        idx = np.arange(b - a)[:, None] + np.arange(size)[None, :]
-        yield a, wins[idx]
+        yield a, smoothed_range(feats, n_frames, a, min(n_frames, a + block), size)
+
+
+class SmoothedWindows(Sequence):
+    """Lazy (n_frames,) sequence of (8, 16, D) smoothed windows: item k equals
+    ``smooth_windows(frame_windows(feats, n_frames))[k]``, from the (steps, D) 50 Hz features
+    only (8 x 16 / 2 = 64 times smaller than the windows of a whole clip)."""
+
+    def __init__(self, feats: np.ndarray, n_frames: int) -> None:
+        self.feats, self.n_frames = np.asarray(feats, np.float32), n_frames
+
+    @property
+    def dim(self) -> int:
+        """Feature dimension D."""
+        return self.feats.shape[1]
+
+    def __len__(self) -> int:
+        return self.n_frames
+
+    def __getitem__(self, k: int) -> np.ndarray:
+        if not 0 <= k < self.n_frames:
+            raise IndexError(f"audio window {k} of {self.n_frames}")
+        return smoothed_range(self.feats, self.n_frames, k, k + 1)[0]
 
 
 def audio_conditions(
