@@ -17,12 +17,10 @@ import logging
 import sys
 from pathlib import Path
 
-import numpy as np
-
 from ldm.evaluation import WeightsError
 from ldm.evaluation import lpips as lpips_mod
 from ldm.evaluation import syncnet as syncnet_mod
-from ldm.evaluation.clips import ClipError, match_clips, read_audio, read_clip
+from ldm.evaluation.clips import ClipError, ClipFrames, match_sources, read_audio
 from ldm.evaluation.evaluate import (
     FIRST_STAGE,
     SHIFT_FRAMES,
@@ -107,10 +105,10 @@ def clip_audio(args: argparse.Namespace, i: int, notes: list[str]):
 def evaluate_pair(args: argparse.Namespace, i: int, name: str, scorers: Scorers) -> ClipResult:
     """Read, match and score the i-th prediction/truth pair."""
     pred_path, gt_path = args.pred[i], args.gt[i]
-    gt = read_clip(gt_path, args.fps, args.max_frames)
-    pred = read_clip(pred_path, args.fps, args.max_frames)
-    log.info("%s: prediction %s %s, truth %s %s", name, pred_path, pred.shape, gt_path, gt.shape)
-    pred, gt, notes = match_clips(pred, gt, f"prediction {pred_path}", f"truth {gt_path}")
+    gt = ClipFrames(gt_path, args.fps, args.max_frames)
+    pred = ClipFrames(pred_path, args.fps, args.max_frames)
+    pred, gt, notes = match_sources(pred, gt, f"prediction {pred_path}", f"truth {gt_path}")
+    log.info("%s: prediction %s, truth %s, %d frames", name, pred_path, gt_path, len(gt))
     extra_rows = []
     if args.first_stage_frames:
         first, pred, gt = read_first_stage(args, pred, gt, notes)
@@ -128,16 +126,16 @@ def evaluate_pair(args: argparse.Namespace, i: int, name: str, scorers: Scorers)
 
 
 def read_first_stage(
-    args: argparse.Namespace, pred: np.ndarray, gt: np.ndarray, notes: list[str]
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    args: argparse.Namespace, pred: ClipFrames, gt: ClipFrames, notes: list[str]
+) -> tuple[ClipFrames, ClipFrames, ClipFrames]:
     """--first-stage-frames read and matched to the truth like --pred; (first, pred, gt) are
     cut to one length and the changes added to `notes`."""
     path = args.first_stage_frames
-    first = read_clip(path, args.fps, args.max_frames)
-    log.info("first stage only: %s %s", path, first.shape)
-    first, gt, more = match_clips(first, gt, f"first stage {path}", f"truth {args.gt[0]}")
+    first = ClipFrames(path, args.fps, args.max_frames)
+    first, gt, more = match_sources(first, gt, f"first stage {path}", f"truth {args.gt[0]}")
+    log.info("first stage only: %s, %d frames", path, len(first))
     notes += [*more, f"first stage only: {path}"]
-    return first, pred[: len(gt)], gt
+    return first, pred.limited(len(gt)), gt
 
 
 def clip_names(paths: list[str]) -> list[str]:

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ldm.evaluation.clips import IMAGE_EXTS, match_clips, read_clip
+from ldm.evaluation.clips import IMAGE_EXTS, ClipFrames, match_sources
 from ldm.inference.checkpoint import DEFAULT_CONFIG, CheckpointError, load_config, load_model
 from ldm.inference.clip import n_video_frames
 from ldm.inference.portrait import PortraitJob, render_portrait
@@ -164,12 +164,13 @@ def evaluate_self_driven(
     from ldm.evaluation.report import markdown_tables, write_report
     from ldm.preprocessing.pipeline import cached_landmarker
 
-    pred = read_clip(result)
-    gt = read_clip(portrait, max_frames=len(pred))
-    pred, gt, notes = match_clips(pred, gt, "result", "portrait")
+    pred = ClipFrames(result)
+    gt = ClipFrames(portrait, max_frames=len(pred))
+    pred, gt, notes = match_sources(pred, gt, "result", "portrait")
     extra = []
     if first_stage is not None:  # rendered from the same frames: same length and size
-        extra.append((FIRST_STAGE, baseline_label(FIRST_STAGE), read_clip(first_stage)[: len(gt)]))
+        ceiling = ClipFrames(first_stage).limited(len(gt))
+        extra.append((FIRST_STAGE, baseline_label(FIRST_STAGE), ceiling))
     scorers = Scorers(cached_landmarker("dlib"))
     clip = evaluate_clip(
         pred, gt, scorers, name=portrait.stem, baselines=True, notes=notes, extra_rows=extra

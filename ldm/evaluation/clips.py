@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Iterator
 from pathlib import Path
 
 import cv2
 import numpy as np
 
-from ldm.preprocessing.video import VideoError, load_audio, probe, read_frames
+from ldm.preprocessing.video import VideoError, iter_frames, load_audio, probe
 
 log = logging.getLogger(__name__)
 
@@ -28,34 +29,89 @@ def natural_key(path: Path) -> tuple[int, str]:
     return (int(m[1]) if m else -1, path.name)
 
 
-def read_frames_dir(folder: Path, max_frames: int | None = None) -> np.ndarray:
-    """(T, H, W, 3) uint8 RGB from the images of a folder, in natural order of their names."""
+def image_files(folder: Path) -> list[Path]:
+    """The images of a folder in natural order of their names."""
     files = sorted((p for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTS), key=natural_key)
     if not files:
         raise ClipError(f"{folder}: folder holds no images ({', '.join(sorted(IMAGE_EXTS))})")
-    files = files[:max_frames] if max_frames is not None else files
-    frames = []
-    for f in files:
-        img = cv2.imread(str(f), cv2.IMREAD_COLOR)
-        if img is None:
-            raise ClipError(f"{f}: cannot read image")
-        if frames and img.shape != frames[0].shape:
-            raise ClipError(f"{f}: size {img.shape[1]}x{img.shape[0]} differs from the first frame")
-        frames.append(cv2.cvtColor(img, cv2.COLOR_BGR2RGB))
-    return np.stack(frames)
+    return files
+
+
+def read_image(path: Path, shape: tuple[int, ...] | None = None) -> np.ndarray:
+    """(H, W, 3) uint8 RGB image; ClipError if unreadable or not of ``shape``."""
+    img = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if img is None:
+        raise ClipError(f"{path}: cannot read image")
+    if shape is not None and img.shape != shape:
+        raise ClipError(f"{path}: size {img.shape[1]}x{img.shape[0]} differs from the first frame")
+    return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+
+
+class ClipFrames:
+    """The frames of a clip, decoded again on every pass so that only one is held at a time: a
+    video (resampled to ``fps``), a folder of images (natural order) or a (T, H, W, 3) array;
+    at most ``max_frames``, each resized to ``size`` (height, width) when given."""
+
+    def __init__(
+        self, source: str | Path | np.ndarray, fps: float = 25.0, max_frames: int | None = None,
+        size: tuple[int, int] | None = None,
+    ) -> None:  # fmt: skip
+        self.source, self.fps, self.max_frames, self.size = source, fps, max_frames, size
+        self._len: int | None = None
+        if isinstance(source, np.ndarray):
+            return
+        path = Path(source)
+        if not path.exists():
+            raise ClipError(f"{source}: no such file or folder")
+        self.files = image_files(path)[:max_frames] if path.is_dir() else None
+
+    def frames(self, start: int = 0) -> Iterator[np.ndarray]:
+        """Yield (H, W, 3) uint8 RGB frames from index ``start`` on."""
+        for frame in self._raw(start):
+            if self.size is not None and frame.shape[:2] != self.size:
+                frame = resize_frame(frame, *self.size)
+            yield frame
+
+    def _raw(self, start: int) -> Iterator[np.ndarray]:
+        """Frames as stored, from ``start``."""
+        if isinstance(self.source, np.ndarray):
+            yield from self.source[start : self.max_frames]
+        elif self.files is not None:
+            shape = read_image(self.files[0]).shape
+            yield from (read_image(f, shape) for f in self.files[start:])
+        else:
+            n = None if self.max_frames is None else max(0, self.max_frames - start)
+            try:
+                yield from iter_frames(self.source, self.fps, max_frames=n, start=start)
+            except VideoError as err:
+                raise ClipError(str(err)) from err
+
+    def __len__(self) -> int:
+        """Number of frames (counted by one decoding pass for a video)."""
+        if self._len is None:
+            self._len = sum(1 for _ in self._raw(0))
+        return self._len
+
+    def first(self) -> np.ndarray:
+        """Frame 0."""
+        frame = next(self.frames(), None)
+        if frame is None:
+            raise ClipError(f"{self.source}: no frames could be decoded")
+        return frame
+
+    def limited(self, n: int) -> ClipFrames:
+        """The first ``n`` frames."""
+        clip = ClipFrames(self.source, self.fps, n, self.size)
+        clip._len = min(n, len(self))
+        return clip
 
 
 def read_clip(path: str | Path, fps: float = 25.0, max_frames: int | None = None) -> np.ndarray:
     """(T, H, W, 3) uint8 RGB frames of a video (resampled to `fps`) or of a frames folder."""
-    p = Path(path)
-    if p.is_dir():
-        return read_frames_dir(p, max_frames)
-    if not p.exists():
-        raise ClipError(f"{path}: no such file or folder")
-    try:
-        return read_frames(p, fps=fps, max_frames=max_frames)
-    except VideoError as err:
-        raise ClipError(str(err)) from err
+    frames = list(ClipFrames(path, fps, max_frames).frames())
+    if not frames:
+        raise ClipError(f"{path}: no frames could be decoded")
+    return np.stack(frames)
 
 
 def read_audio(path: str | Path, sr: int = 16000) -> np.ndarray | None:
@@ -71,11 +127,30 @@ def read_audio(path: str | Path, sr: int = 16000) -> np.ndarray | None:
         raise ClipError(str(err)) from err
 
 
-def resize_frames(frames: np.ndarray, height: int, width: int) -> np.ndarray:
-    """Resize every frame to (height, width): area filter when shrinking, cubic when enlarging."""
-    shrink = height * width < frames.shape[1] * frames.shape[2]
+def resize_frame(frame: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Resize a frame to (height, width): area filter when shrinking, cubic when enlarging."""
+    shrink = height * width < frame.shape[0] * frame.shape[1]
     interp = cv2.INTER_AREA if shrink else cv2.INTER_CUBIC
-    return np.stack([cv2.resize(f, (width, height), interpolation=interp) for f in frames])
+    return cv2.resize(frame, (width, height), interpolation=interp)
+
+
+def match_notes(
+    lengths: tuple[int, int], sizes: tuple[tuple, tuple], names: tuple[str, str]
+) -> list[str]:
+    """What matching a prediction to its truth changes: (pred, truth) lengths and (h, w)."""
+    (n_pred, n_gt), ((ph, pw), (gh, gw)) = lengths, sizes
+    notes = []
+    if n_pred != n_gt:
+        n = min(n_pred, n_gt)
+        notes.append(
+            f"lengths differ ({names[0]}: {n_pred} frames, {names[1]}: {n_gt}): "
+            f"both truncated to the first {n}"
+        )
+    if (ph, pw) != (gh, gw):
+        notes.append(f"{names[0]} is {pw}x{ph}, resized to the truth's {gw}x{gh}")
+    for note in notes:
+        log.warning(note)
+    return notes
 
 
 def match_clips(
@@ -85,26 +160,27 @@ def match_clips(
 
     Returns (pred, gt, notes); every change is logged and listed in the notes.
     """
-    notes = []
-    if len(pred) != len(gt):
-        n = min(len(pred), len(gt))
-        notes.append(
-            f"lengths differ ({pred_name}: {len(pred)} frames, {gt_name}: {len(gt)}): "
-            f"both truncated to the first {n}"
-        )
-        pred, gt = pred[:n], gt[:n]
+    notes = match_notes(
+        (len(pred), len(gt)), (pred.shape[1:3], gt.shape[1:3]), (pred_name, gt_name)
+    )
+    n = min(len(pred), len(gt))
+    pred, gt = pred[:n], gt[:n]
     if pred.shape[1:3] != gt.shape[1:3]:
-        (ph, pw), (gh, gw) = pred.shape[1:3], gt.shape[1:3]
-        notes.append(f"{pred_name} is {pw}x{ph}, resized to the truth's {gw}x{gh}")
-        pred = resize_frames(pred, gh, gw)
-    for note in notes:
-        log.warning(note)
+        pred = np.stack([resize_frame(f, *gt.shape[1:3]) for f in pred])
     return pred, gt, notes
 
 
-def copy_reference(gt: np.ndarray, index: int = REFERENCE_FRAME) -> np.ndarray:
-    """Baseline without lip motion: every frame is the truth's reference frame (read-only view)."""
-    return np.broadcast_to(gt[index], gt.shape)
+def match_sources(
+    pred: ClipFrames, gt: ClipFrames, pred_name: str = "prediction", gt_name: str = "truth"
+) -> tuple[ClipFrames, ClipFrames, list[str]]:
+    """``match_clips`` for clips read frame by frame (the prediction is resized as it is read)."""
+    size = gt.first().shape[:2]
+    sizes = (pred.first().shape[:2], size)
+    notes = match_notes((len(pred), len(gt)), sizes, (pred_name, gt_name))
+    n = min(len(pred), len(gt))
+    pred = pred.limited(n)
+    pred.size = size
+    return pred, gt.limited(n), notes
 
 
 def time_shift(x: np.ndarray, shift: int) -> np.ndarray:

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import itertools
 import logging
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from ldm.evaluation import landmark_metrics as lm
-from ldm.evaluation.clips import copy_reference, shift_frames_for, time_shift
+from ldm.evaluation.clips import ClipFrames, shift_frames_for, time_shift
 from ldm.evaluation.lpips import LPIPS, lpips_frames
 from ldm.evaluation.metrics import image_metrics, pooled_psnr, region_boxes, sharpness_ratio
 from ldm.evaluation.syncnet import SyncNet, lse
@@ -69,36 +71,57 @@ def baseline_label(key: str, shift: int = SHIFT_FRAMES, fps: float = 25.0) -> st
     }[key]
 
 
+Frames = Callable[[], Iterable[np.ndarray]]  # starts a new pass over a candidate's frames
+Clip = np.ndarray | ClipFrames  # (T, H, W, 3) uint8 RGB, in memory or read frame by frame
+
+
 def score_row(
     key: str,
     label: str,
-    frames: np.ndarray,
+    frames: Frames,
     lms: np.ndarray,
-    gt: np.ndarray,
+    gt: ClipFrames,
     gt_lms: np.ndarray,
     boxes: np.ndarray | None,
     scorers: Scorers,
     audio: np.ndarray | None,
 ) -> Row:
-    """Every metric of one candidate frame sequence against the truth."""
+    """Every metric of one candidate frame sequence against the truth, frame by frame."""
     start = time.perf_counter()
-    per = image_metrics(frames, gt, boxes)
+    per = image_metrics(frames(), gt.frames(), boxes)
     per["lmd"] = lm.lmd(lms, gt_lms)
     per["lmd_iod"] = per["lmd"] / lm.inter_ocular(gt_lms)
     per["opening"] = lm.mouth_opening(lms)
     if scorers.lpips is not None:
-        per["lpips"] = lpips_frames(scorers.lpips, frames, gt)
+        per["lpips"] = lpips_frames(scorers.lpips, frames(), gt.frames())
     scores = {}
     if scorers.syncnet is not None and audio is not None:
-        scores = lse(scorers.syncnet, frames, lms, audio)
+        scores = lse(scorers.syncnet, frames(), lms, audio)
     n_noface = int((~lm.valid_frames(lms)).sum())
     log.info("scored %-40s in %.1f s", label, time.perf_counter() - start)
     return Row(key, label, per, scores, n_noface)
 
 
+def baseline_candidates(
+    gt: ClipFrames, gt_lms: np.ndarray, shift: int, fps: float
+) -> list[tuple[str, str, Frames, np.ndarray]]:
+    """Copy-reference, shifted-truth and truth rows; their landmarks are the truth's, as their
+    frames are the truth's frames."""
+    n, first = len(gt_lms), gt.first()
+    ref_lms = np.broadcast_to(gt_lms[0], gt_lms.shape)
+    return [
+        ("copy_reference", baseline_label("copy_reference", shift, fps),
+         lambda: itertools.repeat(first, n), ref_lms),
+        ("shifted_truth", baseline_label("shifted_truth", shift, fps),
+         lambda: itertools.chain(gt.frames(shift), itertools.islice(gt.frames(), shift)),
+         time_shift(gt_lms, shift)),
+        ("truth", baseline_label("truth", shift, fps), gt.frames, gt_lms),
+    ]  # fmt: skip
+
+
 def evaluate_clip(
-    pred: np.ndarray,
-    gt: np.ndarray,
+    pred: Clip,
+    gt: Clip,
     scorers: Scorers,
     *,
     name: str = "clip",
@@ -109,55 +132,58 @@ def evaluate_clip(
     audio: np.ndarray | None = None,
     gt_lms: np.ndarray | None = None,
     notes: list[str] | None = None,
-    extra_rows: list[tuple[str, str, np.ndarray]] | None = None,
+    extra_rows: list[tuple[str, str, Clip]] | None = None,
 ) -> ClipResult:
-    """Score matched (T, H, W, 3) uint8 RGB clips; `audio` (16 kHz) enables SyncNet scores.
+    """Score matched clips of uint8 RGB frames; `audio` (16 kHz) enables SyncNet scores. Clips
+    are arrays or ``ClipFrames``; the frames are read pass by pass, one at a time.
 
     `extra_rows` are further (key, label, frames) candidates shaped like `gt` (e.g. FIRST_STAGE),
     tracked and scored like the prediction and listed right after it.
     """
     notes = list(notes or [])
+    pred, gt = as_clip(pred), as_clip(gt)
     extra = _extra_candidates(extra_rows or [], gt, scorers)
-    gt_lms = scorers.landmarker.track(gt) if gt_lms is None else gt_lms
-    pred_lms = scorers.landmarker.track(pred)
-    boxes = region_boxes(gt_lms, gt.shape[1:])
+    gt_lms = scorers.landmarker.track(gt.frames()) if gt_lms is None else gt_lms
+    pred_lms = scorers.landmarker.track(pred.frames())
+    boxes = region_boxes(gt_lms, gt.first().shape)
     if boxes is None:
         notes.append("no face found in the truth: mouth-region and landmark metrics are n/a")
-    k = shift_frames_for(len(gt), shift)
+    k = shift_frames_for(len(gt_lms), shift)
     if baselines and k != shift:
-        notes.append(f"clip has only {len(gt)} frames: the shifted-truth baseline uses {k}")
-    candidates = [(PREDICTION, baseline_label(PREDICTION), pred, pred_lms), *extra]
-    if baselines:  # baseline landmarks are the truth's: their frames are the truth's frames
-        ref_lms = np.broadcast_to(gt_lms[0], gt_lms.shape)
-        candidates += [
-            (key, baseline_label(key, k, fps), f, f_lms)
-            for key, f, f_lms in (
-                ("copy_reference", copy_reference(gt), ref_lms),
-                ("shifted_truth", time_shift(gt, k), time_shift(gt_lms, k)),
-                ("truth", gt, gt_lms),
-            )
-        ]
+        notes.append(f"clip has only {len(gt_lms)} frames: the shifted-truth baseline uses {k}")
+    candidates = [(PREDICTION, baseline_label(PREDICTION), pred.frames, pred_lms), *extra]
+    if baselines:
+        candidates += baseline_candidates(gt, gt_lms, k, fps)
     rows = [
         score_row(key, label, f, f_lms, gt, gt_lms, boxes, scorers, audio)
         for key, label, f, f_lms in candidates
     ]
     n_noface_gt = int((~lm.valid_frames(gt_lms)).sum())
     gt_opening = lm.mouth_opening(gt_lms)
-    return ClipResult(name, *paths, len(gt), gt_opening, n_noface_gt, rows, notes)
+    return ClipResult(name, *paths, len(gt_lms), gt_opening, n_noface_gt, rows, notes)
+
+
+def as_clip(frames: Clip) -> ClipFrames:
+    """ClipFrames of an array (or the ClipFrames itself)."""
+    return frames if isinstance(frames, ClipFrames) else ClipFrames(np.asarray(frames))
 
 
 def _extra_candidates(
-    extra_rows: list[tuple[str, str, np.ndarray]], gt: np.ndarray, scorers: Scorers
-) -> list[tuple[str, str, np.ndarray, np.ndarray]]:
+    extra_rows: list[tuple[str, str, Clip]], gt: ClipFrames, scorers: Scorers
+) -> list[tuple[str, str, Frames, np.ndarray]]:
     """(key, label, frames, landmarks) of caller-supplied rows, checked, then tracked."""
     seen = {PREDICTION, *BASELINES}
-    for key, _, frames in extra_rows:
+    out = []
+    for key, label, frames in extra_rows:
         if key in seen:
             raise ValueError(f"extra row key {key!r} is already a row of the evaluation")
-        if frames.shape != gt.shape:
-            raise ValueError(f"extra row {key!r}: frames {frames.shape}, truth {gt.shape}")
+        clip = as_clip(frames)
+        shapes = [(len(c), *c.first().shape) for c in (clip, gt)]
+        if shapes[0] != shapes[1]:
+            raise ValueError(f"extra row {key!r}: frames {shapes[0]}, truth {shapes[1]}")
         seen.add(key)
-    return [(k, label, f, scorers.landmarker.track(f)) for k, label, f in extra_rows]
+        out.append((key, label, clip.frames, scorers.landmarker.track(clip.frames())))
+    return out
 
 
 def _pooled(per: dict[str, np.ndarray]) -> dict[str, float]:

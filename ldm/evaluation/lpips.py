@@ -7,8 +7,10 @@ dict of `lpips.LPIPS(net="alex")` loads as is. A folder holding torchvision's Al
 
 from __future__ import annotations
 
+import itertools
 import logging
 from collections import OrderedDict
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
@@ -140,13 +142,16 @@ def load_lpips(path: str | Path) -> LPIPS:
 
 
 @torch.inference_mode()
-def lpips_frames(model: LPIPS, pred: np.ndarray, gt: np.ndarray, batch: int = 8) -> np.ndarray:
-    """(T,) LPIPS of uint8 RGB frame pairs (T, H, W, 3) at their own resolution."""
+def lpips_frames(
+    model: LPIPS, pred: Iterable[np.ndarray], gt: Iterable[np.ndarray], batch: int = 8
+) -> np.ndarray:
+    """(T,) LPIPS of uint8 RGB frame pairs (H, W, 3) at their own resolution, read in batches."""
     out = []
-    for i in range(0, len(gt), batch):
-        x = torch.from_numpy(np.ascontiguousarray(pred[i : i + batch]))
-        y = torch.from_numpy(np.ascontiguousarray(gt[i : i + batch]))
+    pairs = zip(pred, gt, strict=True)
+    while chunk := list(itertools.islice(pairs, batch)):
+        x = torch.from_numpy(np.stack([p for p, _ in chunk]))
+        y = torch.from_numpy(np.stack([g for _, g in chunk]))
         x = x.permute(0, 3, 1, 2).float() / 127.5 - 1.0  # (B, 3, H, W) in [-1, 1]
         y = y.permute(0, 3, 1, 2).float() / 127.5 - 1.0
         out.append(model(x, y).cpu().numpy())
-    return np.concatenate(out).astype(np.float64)
+    return np.concatenate(out).astype(np.float64) if out else np.zeros(0)

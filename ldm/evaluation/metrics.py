@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import cv2
 import numpy as np
 
@@ -137,20 +139,28 @@ def crop(frame: np.ndarray, box: np.ndarray) -> np.ndarray:
     return frame[y0:y1, x0:x1]
 
 
-def image_metrics(pred: np.ndarray, gt: np.ndarray, boxes: np.ndarray | None) -> dict:
-    """Per-frame metrics over the whole frame and the lower-face boxes: dict of (T,) arrays.
+def image_metrics(
+    pred: Iterable[np.ndarray], gt: Iterable[np.ndarray], boxes: np.ndarray | None
+) -> dict:
+    """Per-frame metrics over the whole frame and the lower-face boxes: dict of (T,) arrays,
+    from frame pairs read one at a time.
 
     Keys: mse, ssim, mse_mouth, ssim_mouth, and the mouth band energies (`band_energy`) of the
     candidate (hf_mouth) and of the truth (hf_mouth_truth); mouth values are NaN without boxes.
     """
-    n = len(gt)
     keys = ("mse", "ssim", "mse_mouth", "ssim_mouth", "hf_mouth", "hf_mouth_truth")
-    out = {k: np.full(n, np.nan) for k in keys}
-    for t in range(n):
-        p, g = np.asarray(pred[t]), gt[t]
-        out["mse"][t], out["ssim"][t] = mse(p, g), ssim(p, g)
-        if boxes is not None:
-            pc, gc = crop(p, boxes[t]), crop(g, boxes[t])
-            out["mse_mouth"][t], out["ssim_mouth"][t] = mse(pc, gc), ssim(pc, gc)
-            out["hf_mouth"][t], out["hf_mouth_truth"][t] = band_energy(pc), band_energy(gc)
-    return out
+    out: dict[str, list[float]] = {k: [] for k in keys}
+    for t, (p, g) in enumerate(zip(pred, gt, strict=True)):
+        p = np.asarray(p)
+        out["mse"].append(mse(p, g))
+        out["ssim"].append(ssim(p, g))
+        if boxes is None:
+            for k in keys[2:]:
+                out[k].append(np.nan)
+            continue
+        pc, gc = crop(p, boxes[t]), crop(g, boxes[t])
+        out["mse_mouth"].append(mse(pc, gc))
+        out["ssim_mouth"].append(ssim(pc, gc))
+        out["hf_mouth"].append(band_energy(pc))
+        out["hf_mouth_truth"].append(band_energy(gc))
+    return {k: np.asarray(v, np.float64) for k, v in out.items()}

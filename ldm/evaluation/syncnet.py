@@ -8,7 +8,9 @@ crop uses syncnet_python's geometry, with the face box taken from dlib landmarks
 
 from __future__ import annotations
 
+import itertools
 import logging
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import cv2
@@ -136,10 +138,9 @@ def crop_track(lms: np.ndarray) -> np.ndarray | None:
     return np.stack([medfilt(det[:, j], k) for j in range(3)], 1) if k > 1 else det
 
 
-def face_crops(frames: np.ndarray, track: np.ndarray) -> np.ndarray:
-    """(T, 224, 224, 3) uint8 BGR crops, syncnet_python's run_pipeline geometry."""
-    out = np.empty((len(frames), CROP_SIZE, CROP_SIZE, 3), np.uint8)
-    for t, (frame, (mx, my, bs)) in enumerate(zip(frames, track, strict=True)):
+def face_crops(frames: Iterable[np.ndarray], track: np.ndarray) -> Iterator[np.ndarray]:
+    """(224, 224, 3) uint8 BGR crop of each frame, syncnet_python's run_pipeline geometry."""
+    for frame, (mx, my, bs) in zip(frames, track, strict=True):
         pad = int(bs * (1 + 2 * CROP_SCALE))
         img = cv2.copyMakeBorder(
             cv2.cvtColor(np.ascontiguousarray(frame), cv2.COLOR_RGB2BGR),
@@ -150,22 +151,24 @@ def face_crops(frames: np.ndarray, track: np.ndarray) -> np.ndarray:
             int(my - bs) : int(my + bs * (1 + 2 * CROP_SCALE)),
             int(mx - bs * (1 + CROP_SCALE)) : int(mx + bs * (1 + CROP_SCALE)),
         ]
-        out[t] = cv2.resize(face, (CROP_SIZE, CROP_SIZE))
-    return out
+        yield cv2.resize(face, (CROP_SIZE, CROP_SIZE))
 
 
 @torch.inference_mode()
-def embed(model: SyncNet, crops: np.ndarray, cc: np.ndarray, n: int, batch: int = 16):
-    """Lip and audio embeddings (n, dim) of windows starting at frames 0..n-1."""
-    vid = torch.from_numpy(crops).float().permute(3, 0, 1, 2)  # (3, T, 224, 224)
+def embed(model: SyncNet, crops: Iterator[np.ndarray], cc: np.ndarray, n: int, batch: int = 16):
+    """Lip and audio embeddings (n, dim) of windows starting at frames 0..n-1, holding at most
+    batch + WINDOW - 1 crops at a time."""
     aud = torch.from_numpy(cc).float()[None]  # (1, 13, N)
-    lip_feats, aud_feats = [], []
+    lip_feats, aud_feats, held = [], [], []
     for i in range(0, n, batch):
         idx = range(i, min(n, i + batch))
-        v = torch.stack([vid[:, j : j + WINDOW] for j in idx])  # (B, 3, 5, 224, 224)
+        held += itertools.islice(crops, len(idx) + WINDOW - 1 - len(held))
+        vid = torch.from_numpy(np.stack(held)).float().permute(3, 0, 1, 2)  # (3, b + 4, 224, 224)
+        v = torch.stack([vid[:, j - i : j - i + WINDOW] for j in idx])  # (B, 3, 5, 224, 224)
         a = torch.stack([aud[:, :, j * MFCC_PER_FRAME : j * MFCC_PER_FRAME + 20] for j in idx])
         lip_feats.append(model.forward_lip(v))
         aud_feats.append(model.forward_aud(a))  # a: (B, 1, 13, 20)
+        held = held[len(idx) :]
     return torch.cat(lip_feats), torch.cat(aud_feats)
 
 
@@ -181,15 +184,17 @@ def offset_distances(lip: torch.Tensor, aud: torch.Tensor, vshift: int = VSHIFT)
 
 
 def lse(
-    model: SyncNet, frames: np.ndarray, lms: np.ndarray, audio: np.ndarray, sr: int = 16000
-) -> dict[str, float]:
-    """LSE-D, LSE-C and the best AV offset (frames) of 25 fps RGB frames with 16 kHz audio."""
+    model: SyncNet, frames: Iterable[np.ndarray], lms: np.ndarray, audio: np.ndarray,
+    sr: int = 16000,
+) -> dict[str, float]:  # fmt: skip
+    """LSE-D, LSE-C and the best AV offset (frames) of 25 fps RGB frames (one per landmark row,
+    read one at a time) with 16 kHz audio."""
     if sr != 16000:
         raise ValueError(f"SyncNet expects 16 kHz audio, got {sr} Hz")
     track = crop_track(lms)
-    n = min(len(frames), len(audio) // SAMPLES_PER_FRAME) - WINDOW
+    n = min(len(lms), len(audio) // SAMPLES_PER_FRAME) - WINDOW
     if track is None or n < 1:
-        why = "no face found" if track is None else f"clip too short ({len(frames)} frames)"
+        why = "no face found" if track is None else f"clip too short ({len(lms)} frames)"
         log.warning("SyncNet skipped: %s", why)
         return {"lse_d": float("nan"), "lse_c": float("nan"), "av_offset": float("nan")}
     cc = mfcc(audio * 32768.0, sr).T  # (13, N); syncnet_python reads int16 samples

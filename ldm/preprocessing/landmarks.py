@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -66,14 +67,12 @@ class Landmarker:
         """(68, 2) float32 pixel landmarks of the largest face, or None if no face."""
         raise NotImplementedError
 
-    def track(self, frames: np.ndarray) -> np.ndarray:
-        """(T, 68, 2) landmarks for a frame sequence, NaN rows where no face was found."""
+    def track(self, frames: Iterable[np.ndarray]) -> np.ndarray:
+        """(T, 68, 2) landmarks for a frame sequence (read one at a time), NaN rows where no
+        face was found."""
         tracker = self.tracker()
-        return (
-            np.stack([tracker.update(f) for f in frames])
-            if len(frames)
-            else np.zeros((0, N_LANDMARKS, 2), np.float32)
-        )
+        lms = [tracker.update(f) for f in frames]
+        return np.stack(lms) if lms else np.zeros((0, N_LANDMARKS, 2), np.float32)
 
     def tracker(self) -> _Tracker:
         """A stateful per-clip tracker (`update(frame) -> (68, 2)` with NaN when no face)."""
