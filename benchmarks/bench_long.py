@@ -5,10 +5,11 @@ the peak RSS of the longest to the shortest.
     python benchmarks/bench_long.py [--seconds 30 240] [--modes cli sh] [--steps 2]
 
 The model is the small config with random weights, built here (rendering cost does not depend on
-the weights). The portrait is a 2 s synthetic 1080x1920 video, so longer speech ping-pongs over
-it. Every render runs in its own process, started from a small launcher; its peak RSS is the
-kernel's ru_maxrss of the launcher's children, i.e. of the largest of the rendering Python process
-and its ffmpeg encoders.
+the weights), by default shrunk to 64 px frames so that minutes of speech render in minutes on a
+2-core CPU; --frame 128 keeps its own size. The portrait is a 2 s synthetic 1080x1920 video, so
+longer speech ping-pongs over it. Every render runs in its own process, started from a small
+launcher; its peak RSS is the kernel's ru_maxrss of the launcher's children, i.e. of the largest
+of the rendering Python process and its ffmpeg encoders.
 """
 
 from __future__ import annotations
@@ -40,10 +41,16 @@ PORTRAIT = (1080, 1920, 2.0)  # width, height, seconds
 CLIP_ID = 1
 
 
-def build_model(work: Path) -> tuple[Path, Path]:
-    """The small config with random weights, saved as a checkpoint and its config."""
+def build_model(work: Path, frame: int) -> tuple[Path, Path]:
+    """The small config at ``frame`` px frames with random weights, saved as a checkpoint and
+    its config."""
     cfg = OmegaConf.load(SMALL)
     cfg.model.params.first_stage_config.params.ckpt_path = None
+    latent = frame // 4  # the f4 first stage
+    cfg.model.params.image_size = cfg.model.params.unet_config.params.image_size = latent
+    cfg.model.params.first_stage_config.params.ddconfig.resolution = frame
+    for split in ("train", "validation"):
+        cfg.data.params[split].params.size = frame
     torch.manual_seed(0)
     model = instantiate_from_config(cfg.model)
     ckpt, config = work / "model.ckpt", work / "model.yaml"
@@ -125,6 +132,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--seconds", type=float, nargs="+", default=[30.0, 240.0])
     p.add_argument("--modes", nargs="+", choices=("cli", "sh"), default=["cli", "sh"])
     p.add_argument("--steps", type=int, default=2, help="DPM-Solver steps per frame")
+    p.add_argument("--frame", type=int, default=64, help="model frame side (small config: 128)")
     p.add_argument("--workdir", type=Path, help="keep the inputs and results here")
     return p.parse_args()
 
@@ -136,7 +144,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench-long-") as tmp:
         work = args.workdir or Path(tmp)
         work.mkdir(parents=True, exist_ok=True)
-        model = build_model(work)
+        model = build_model(work, args.frame)
         w, h, seconds = PORTRAIT
         synthetic.make_face_video(work / "portrait.mp4", seconds, width=w, height=h, face_px=400)
         env = {**os.environ, "PYTHON": sys.executable, "PYTHONPATH": str(ROOT)}
