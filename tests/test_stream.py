@@ -11,7 +11,7 @@ import soundfile as sf
 from ldm.inference import render as render_mod
 from ldm.inference.clip import frame_indices
 from ldm.inference.source import SourceFrames
-from ldm.inference.stream import ChunkStore, chunk_dir
+from ldm.inference.stream import ChunkStore, chunk_dir, write_image
 from ldm.preprocessing import synthetic
 from ldm.preprocessing.video import VideoEncoder, VideoError, read_frames
 
@@ -122,3 +122,26 @@ def test_encoder_failure_names_the_file_and_leaves_nothing(tmp_path):
         enc.write(np.zeros((8, 8, 3), np.uint8))
         enc.write(np.zeros((8, 10, 3), np.uint8))
     assert list(tmp_path.iterdir()) == []
+
+
+def test_evaluation_read_frame_by_frame_equals_in_memory(tmp_path):
+    from ldm.evaluation.clips import ClipFrames, read_clip
+    from ldm.evaluation.evaluate import Scorers, evaluate_clip
+    from ldm.preprocessing.pipeline import cached_landmarker
+
+    video = synthetic.make_face_video(tmp_path / "truth.mp4", seconds=1.2)  # 30 frames
+    folder = tmp_path / "pred"
+    for k, frame in enumerate(read_clip(video)[::-1], 1):  # reversed time, as images
+        write_image(folder / f"{k}.png", frame)
+    scorers = Scorers(cached_landmarker("dlib"))
+    kw = dict(baselines=True, shift=10)
+    streamed = evaluate_clip(ClipFrames(folder), ClipFrames(video), scorers, **kw)
+    in_memory = evaluate_clip(read_clip(folder), read_clip(video), scorers, **kw)
+    assert [r.key for r in streamed.rows] == [r.key for r in in_memory.rows]
+    assert len(streamed.rows) == 4 and streamed.n_frames == 30
+    for a, b in zip(streamed.rows, in_memory.rows, strict=True):
+        assert a.per_frame.keys() == b.per_frame.keys()
+        for key in a.per_frame:
+            np.testing.assert_array_equal(a.per_frame[key], b.per_frame[key])
+    shifted = streamed.rows[2].per_frame["mse"]
+    assert np.isfinite(shifted).all() and (shifted > 0).all()
