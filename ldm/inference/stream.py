@@ -64,7 +64,10 @@ def render_signature(model: torch.nn.Module, opts: RenderOptions, **inputs: Any)
     """What a render's frames depend on: weights, sampling options (not the progress bar) and
     the caller's inputs; chunks of a render with another signature are not reused."""
     options = {k: v for k, v in asdict(opts).items() if k != "progress"}
-    return {"model": model_fingerprint(model), "options": options, **inputs}
+    sizes = {k: getattr(model, k) for k in ("frame_size", "image_size", "mouth_window")}
+    scales = {k: float(getattr(model, k)) for k in ("scale_factor", "condition_scale")}
+    model_id = {"weights": model_fingerprint(model), **sizes, **scales}  # weights alike, sizes not
+    return {"model": model_id, "options": options, **inputs}
 
 
 class ChunkStore:

@@ -25,6 +25,7 @@ from ldm.inference.stream import (
     CHUNK_FRAMES,
     ChunkStore,
     chunk_dir,
+    file_stamp,
     render_chunks,
     render_signature,
     write_image,
@@ -150,7 +151,8 @@ def render_split(model: Any, config: DictConfig, job: SplitJob, opts: RenderOpti
     renderer = Renderer(model, opts)
     signature = render_signature(
         model, opts, root=str(Path(dataset.root).resolve()), audio_id=job.audio_id,
-        image_format=job.image_format,
+        image_format=job.image_format, split=file_stamp(job.split),
+        dataset=file_stamp(Path(dataset.root) / "data.txt"),
     )  # fmt: skip
     for vid, indices in clips.items():
         render_clip(renderer, dataset, job, vid, indices, signature)
