@@ -58,6 +58,7 @@ class ClipFrames:
     ) -> None:  # fmt: skip
         self.source, self.fps, self.max_frames, self.size = source, fps, max_frames, size
         self._len: int | None = None
+        self.files: list[Path] | None = None  # a folder's images
         if isinstance(source, np.ndarray):
             return
         path = Path(source)

@@ -164,5 +164,5 @@ def render_portrait(model: torch.nn.Module, job: PortraitJob, opts: RenderOption
         emit = paste_emitter(clip, source, indices, frames_dir)
         render_chunks(Renderer(model, opts), items, items.reference(), store, emit)
     store.finish([job.audio])
-    logger.info("wrote %s (%d frames, %s)", out, n_out, "x".join(map(str, source[0].shape[1::-1])))
+    logger.info("wrote %s (%d frames)", out, n_out)
     return out

@@ -283,6 +283,7 @@ class VideoEncoder:
         with contextlib.suppress(BrokenPipeError):  # ffmpeg failed: its reason follows
             self._proc.stdin.close()
         if self._proc.wait() != 0:
+            self.tmp.unlink(missing_ok=True)
             self._failed()
         os.replace(self.tmp, self.path)
         self._err.close()
