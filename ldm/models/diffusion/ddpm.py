@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
+from ldm.models.diffusion import augment
 from ldm.models.diffusion import mouth_window as mw
 from ldm.models.diffusion.image_logging import log_talking_images
 from ldm.models.diffusion.latent_cache import FirstStageCache
@@ -234,6 +235,8 @@ class LatentDiffusion(DDPM):
         # (original: as it is; ldm/models/diffusion/reference_align.py)
         mouth_window: int | None = None,  # UNet on a W x W latent window at the mouth (None:
         # the whole latent, as the original; ldm/models/diffusion/mouth_window.py)
+        window_jitter: int = 0,  # training augmentations (ldm/models/diffusion/augment.py):
+        appearance_jitter: float = 0.0,  # window moves / colour changes; 0 = off (original)
         ckpt_path: str | None = None,
         ignore_keys: tuple[str, ...] = (),
         **kwargs: Any,
@@ -254,6 +257,8 @@ class LatentDiffusion(DDPM):
                 f"{self.image_size} (model.params.image_size)"
             )
         self.mouth_window = mouth_window
+        self.window_jitter = window_jitter
+        self.appearance_jitter = appearance_jitter
         self.align_reference = align_reference
         self.first_stage_model = instantiate_from_config(first_stage_config).eval()
         self.first_stage_model.requires_grad_(False)
@@ -378,10 +383,16 @@ class LatentDiffusion(DDPM):
             )  # (B, 1, h, w): 1 where the frame is masked
             weight = 1.0 + (self.mask_loss_weight - 1.0) * region
         cond = self.get_learned_conditioning(batch)
+        if self.training and self.appearance_jitter:
+            if not self.scale_condition_latents:
+                raise ValueError("model.params.appearance_jitter needs scale_condition_latents")
+            z, cond = augment.jitter_appearance(z, cond, self.appearance_jitter)
         corners = self.window_corners(batch)
         if corners is None:
             return z, cond, weight
         w = self.mouth_window
+        if self.training and self.window_jitter:
+            corners = augment.jitter_corners(corners, self.window_jitter, self.image_size - w)
         weight = None if weight is None else mw.crop(weight, corners, w)
         return mw.crop(z, corners, w), mw.crop_condition(cond, corners, w), weight
 
