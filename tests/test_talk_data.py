@@ -133,3 +133,27 @@ def test_dataset_mask_rounding_option(tiny_dataset):
         np.testing.assert_array_equal(item["inference_mask"][0], expected)
     with pytest.raises(ValueError, match="mask rounding"):
         jaw_latent_mask(lms, 64, 16, rounding="round")
+
+
+def test_audio_windows_the_model_cannot_read_fail_naming_the_file(tiny_dataset):
+    split = str(tiny_dataset.parent / "data_train.txt")
+    with pytest.raises(ValueError, match=r"1_1\.npy holds audio windows of shape \(8, 16, 29\)"):
+        TalkTrain(split_file=split, root=str(tiny_dataset), size=32, audio_shape=(8, 16, 384))
+
+
+def test_config_datasets_expect_the_model_audio_shape(tiny_dataset):
+    from omegaconf import OmegaConf
+
+    from ldm.util import instantiate_from_config
+
+    from conftest import ROOT
+
+    cfg = OmegaConf.load(ROOT / "configs/latent-diffusion/talking.yaml")
+    cfg.model.params.audio_config.params.feature_dim = 384  # e.g. whisper features
+    for split, name in (("train", "data_train.txt"), ("validation", "data_test.txt")):
+        data = cfg.data.params[split]
+        data.params.update(root=str(tiny_dataset), split_file=str(tiny_dataset.parent / name))
+        with pytest.raises(ValueError, match="feature_dim"):
+            instantiate_from_config(data)
+    cfg.model.params.audio_config.params.feature_dim = 29
+    assert len(instantiate_from_config(cfg.data.params.validation)) == 8

@@ -115,6 +115,8 @@ class TalkBase(Dataset):
         | None = None,  # drive every id with this id's audio (original inference: 105)
         with_inference_mask: bool = False,
         mask_rounding: str = "original",  # jaw_latent_mask: "original" or "threshold"
+        audio_shape: tuple[int, int, int] = (8, 16, 29),  # (smoothing, window, feature dim)
+        # the model reads; the config interpolates it from the model's audio configs
         max_items: int | None = None,  # validation subset
     ) -> None:
         self.root = Path(root)
@@ -135,9 +137,29 @@ class TalkBase(Dataset):
         self.keys = read_keys(Path(split_file), max_items)
         self.frame_counts = read_frame_counts(self.root / "data.txt")
         self.references = np.asarray([self._draw_reference(i) for i in range(len(self.keys))])
+        self.check_audio_shape(tuple(audio_shape))
 
     def __len__(self) -> int:
         return len(self.keys)
+
+    def audio_path(self, vid: int, frame: int) -> Path:
+        """``audio_smooth/{id}_{frame}.npy`` of a key (every id reads ``audio_id``'s if set)."""
+        return self.root / "audio_smooth" / f"{self.audio_id or vid}_{frame}.npy"
+
+    def check_audio_shape(self, expected: tuple[int, int, int]) -> None:
+        """Fail at construction when the first key's audio windows are not what the model reads."""
+        if len(self.keys) == 0:
+            return
+        path = self.audio_path(*(int(v) for v in self.keys[0]))
+        shape = np.load(path, mmap_mode="r").shape
+        if shape != expected:
+            raise ValueError(
+                f"{path} holds audio windows of shape {shape}, but the model reads {expected} = "
+                "(model.params.audio_attention_config.params.seq_len, "
+                "model.params.audio_config.params.win_size, "
+                "model.params.audio_config.params.feature_dim): set those to the data's "
+                "(and the dataset's audio_shape), or preprocess the audio again"
+            )
 
     def _draw_reference(self, index: int) -> int:
         vid, frame = (int(v) for v in self.keys[index])
@@ -154,8 +176,7 @@ class TalkBase(Dataset):
         reference, _ = load_image(self.root / "images" / f"{vid}_{ref}.jpg", self.size)
         lms = np.loadtxt(self.root / "landmarks" / f"{vid}_{frame}.lms", dtype=np.float32)
         ref_lms = np.loadtxt(self.root / "landmarks" / f"{vid}_{ref}.lms", dtype=np.float32)
-        audio_key = f"{self.audio_id or vid}_{frame}"
-        audio = np.load(self.root / "audio_smooth" / f"{audio_key}.npy").astype(np.float32)
+        audio = np.load(self.audio_path(vid, frame)).astype(np.float32)
         cut = int(lms[self.mask_landmark, 1] / scale)  # first masked row in the resized frame
         image_mask = image.copy()
         image_mask[cut:] = -1.0

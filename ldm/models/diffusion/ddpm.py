@@ -18,6 +18,7 @@ from ldm.models.diffusion import mouth_window as mw
 from ldm.models.diffusion.image_logging import log_talking_images
 from ldm.models.diffusion.latent_cache import FirstStageCache
 from ldm.models.diffusion.reference_align import align_references
+from ldm.models.diffusion.sizes import check_sizes
 from ldm.models.diffusion.wrapper import Cond, DiffusionWrapper
 from ldm.modules.diffusionmodules.util import extract_into_tensor, make_beta_schedule
 from ldm.modules.distributions import DiagonalGaussianDistribution
@@ -260,6 +261,14 @@ class LatentDiffusion(DDPM):
         self.cond_stage_model_for_audio = instantiate_from_config(audio_config)
         self.cond_stage_model_for_audio_smooth = instantiate_from_config(audio_attention_config)
         self.cond_stage_model_for_ldm = instantiate_from_config(landmark_config)
+        check_sizes(
+            self.model.diffusion_model,
+            self.first_stage_model,
+            self.cond_stage_model_for_audio,
+            self.cond_stage_model_for_audio_smooth,
+            self.cond_stage_model_for_ldm,
+            channels=self.channels,
+        )
         if ckpt_path is not None:
             self.init_from_ckpt(ckpt_path, ignore_keys)
 

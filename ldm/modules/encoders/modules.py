@@ -27,6 +27,8 @@ class AudioNet(nn.Module):
         for c_in, c_out in zip(widths[:-1], widths[1:], strict=True):
             layers += [nn.Conv1d(c_in, c_out, kernel_size=3, stride=2, padding=1), _leaky()]
         self.win_size = win_size
+        self.feature_dim = feature_dim
+        self.dim_aud = dim_aud
         self.encoder_conv = nn.Sequential(*layers)  # (N, D, win) -> (N, 64, 1)
         self.encoder_fc1 = nn.Sequential(nn.Linear(64, 64), _leaky(), nn.Linear(64, dim_aud))
 
@@ -66,6 +68,7 @@ class LdmNet(nn.Module):
 
     def __init__(self, n_points: int = 39, dim_out: int = 64) -> None:
         super().__init__()
+        self.dim_out = dim_out
         self.encoder_fc1 = nn.Sequential(
             nn.Linear(2 * n_points, 128),
             _leaky(),
