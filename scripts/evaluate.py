@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ldm.data.layout import FPS
 from ldm.evaluation import WeightsError
 from ldm.evaluation import lpips as lpips_mod
 from ldm.evaluation import syncnet as syncnet_mod
@@ -44,7 +45,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--out", default="outputs/evaluation", help="report folder")
     p.add_argument("--baselines", action="store_true", help="add copy-reference/shifted rows")
     p.add_argument("--shift-frames", type=int, default=SHIFT_FRAMES, help="shifted-truth offset")
-    p.add_argument("--fps", type=float, default=25.0, help="frame rate videos are read at")
+    p.add_argument("--fps", type=float, default=FPS, help="frame rate videos are read at")
     p.add_argument("--max-frames", type=int, help="use at most the first N frames of each clip")
     p.add_argument("--audio", nargs="+", help="driving audio per clip (default: pred, else gt)")
     p.add_argument("--landmarker", choices=("dlib", "fan"), default="dlib")

@@ -10,9 +10,10 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from ldm.data.layout import N_LANDMARKS
+
 log = logging.getLogger(__name__)
 
-N_LANDMARKS = 68
 DLIB_PREDICTOR = "shape_predictor_68_face_landmarks.dat"
 
 

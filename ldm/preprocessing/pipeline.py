@@ -18,8 +18,8 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
+from ldm.data.layout import FPS, MIN_FRAMES_FOR_REFERENCE, REFERENCE_MARGIN, format_key
 from ldm.preprocessing import audio_features as af
-from ldm.preprocessing.check import MIN_FRAMES_FOR_REFERENCE
 from ldm.preprocessing.crop import crop_frame, fill_gaps, plan_crop, to_crop_coords
 from ldm.preprocessing.dataset import CLIP_DIRS, CLIP_EXT, ClipMeta, meta_path
 from ldm.preprocessing.landmarks import Landmarker, make_landmarker
@@ -27,7 +27,6 @@ from ldm.preprocessing.video import VideoError, VideoInfo, extract_audio, iter_f
 
 log = logging.getLogger(__name__)
 
-FPS = 25.0
 JPEG_QUALITY = 95
 WORK_DIRS = (*CLIP_DIRS, "audio", "features")
 
@@ -168,7 +167,8 @@ def _plan(path: Path, lms: np.ndarray, info: VideoInfo, opts: PreprocessOptions)
     if len(lms) < MIN_FRAMES_FOR_REFERENCE:
         warnings.append(
             f"{path}: only {len(lms)} frames; the original training loader needs "
-            f"{MIN_FRAMES_FOR_REFERENCE}+ to draw a reference frame outside +/-60 frames"
+            f"{MIN_FRAMES_FOR_REFERENCE}+ to draw a reference frame outside "
+            f"+/-{REFERENCE_MARGIN} frames"
         )
     short = int(missing.sum()) - sum(g.length for g in long_gaps)
     if short:
@@ -270,7 +270,8 @@ def commit_clip(work: str | Path, root: str | Path, vid: int, result: ClipResult
     for sub in WORK_DIRS:
         (root / sub).mkdir(parents=True, exist_ok=True)
         for p in (work / sub).iterdir():
-            name = f"{vid}_{p.name}" if sub in CLIP_DIRS else f"{vid}{p.suffix}"
+            stem = format_key(vid, int(p.stem)) if sub in CLIP_DIRS else str(vid)
+            name = f"{stem}{p.suffix}"
             os.replace(p, root / sub / name)
     result.meta.id = result.id = vid
     result.meta.save(meta_path(root, vid))
