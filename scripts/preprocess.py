@@ -17,6 +17,7 @@ import logging
 import sys
 from pathlib import Path
 
+from ldm.download.models import DEFAULT_AUDIO_MODELS, DEFAULT_FAN_DIR, existing
 from ldm.preprocessing.audio_encoders import FeatureError
 from ldm.preprocessing.audio_features import FEATURE_KINDS
 from ldm.preprocessing.dataset import parse_id_spec, write_lists
@@ -44,7 +45,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     g.add_argument("--crop-scale", type=float, default=1.8, help="crop side / landmark extent")
     g.add_argument("--landmarker", choices=("dlib", "fan"), default="dlib")
-    g.add_argument("--fan-model-dir", help="TORCH_HOME-style folder whose checkpoints/ has FAN")
+    g.add_argument(
+        "--fan-model-dir",
+        help=f"TORCH_HOME-style folder whose checkpoints/ has FAN (default: {DEFAULT_FAN_DIR} if "
+        "present, else torch.hub's)",
+    )
     g.add_argument("--max-gap", type=int, default=12, help="longest faceless run interpolated")
     g.add_argument(
         "--max-missing",
@@ -55,7 +60,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     g.add_argument("--max-frames", type=int, help="keep at most N frames (original lists: 1499)")
     g = p.add_argument_group("audio")
     g.add_argument("--audio-features", choices=FEATURE_KINDS, default="logmel")
-    g.add_argument("--audio-model", help="local model folder for wav2vec2/hubert/whisper")
+    g.add_argument(
+        "--audio-model",
+        help="local model folder for wav2vec2/hubert/whisper (default for wav2vec2/hubert: "
+        "models/{kind} if present)",
+    )
     g.add_argument("--features-dir", help="deepspeech: folder of {video_stem}.npy arrays")
     g = p.add_argument_group("ids and splits")
     g.add_argument("--start-id", type=int, default=1, help="first id for new videos")
@@ -93,7 +102,7 @@ def options(args: argparse.Namespace) -> PreprocessOptions:
         landmarker=args.landmarker,
         landmarker_kw=lm_kw,
         audio_features=args.audio_features,
-        audio_model=args.audio_model,
+        audio_model=args.audio_model or existing(DEFAULT_AUDIO_MODELS.get(args.audio_features)),
         features_dir=args.features_dir,
         crop_mode=args.crop,
         crop_scale=args.crop_scale,
