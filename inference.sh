@@ -9,13 +9,14 @@
 #
 # Positional arguments ("" = keep) override the environment, which overrides the defaults below. CONFIG is a
 # space-separated list of YAMLs merged in order; DATA overrides the config's dataset root.
+# Runs in the project's .venv, created on first use by scripts/setup_env.sh (shared with demo.sh, run.sh).
 set -eu
+cd "$(dirname "$0")"
 
 CKPT=${CKPT:-logs/difftalk/checkpoints/last.ckpt}
 CONFIG=${CONFIG:-"configs/latent-diffusion/talking.yaml configs/latent-diffusion/talking-inference.yaml"}
 SPLIT=${SPLIT:-data/data_test.txt}
 OUT=${OUT:-logs/inference}
-PYTHON=${PYTHON:-python}
 
 for name in CKPT CONFIG SPLIT OUT; do
     [ $# -gt 0 ] && [ "$1" != "--" ] || break
@@ -26,4 +27,5 @@ done
 
 # shellcheck disable=SC2086  # CONFIG is a list of files
 set -- --ckpt "$CKPT" --config $CONFIG --split "$SPLIT" --outdir "$OUT" ${DATA:+--root "$DATA"} "$@"
-exec "$PYTHON" scripts/inference.py "$@"
+. scripts/setup_env.sh
+exec .venv/bin/python scripts/inference.py "$@"
