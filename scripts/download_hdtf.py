@@ -25,7 +25,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from ldm.download import setup_logging
-from ldm.download.hdtf import SUBSETS, AnnotationError, Video, load_annotations
+from ldm.download.hdtf import SUBSETS, AnnotationError, Video, load_annotations, present_subsets
 from ldm.download.hdtf_clips import MANIFEST_FIELDS, VideoUnavailable, clip_row, process_video
 from ldm.preprocessing.video import VideoError
 
@@ -46,8 +46,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("-v", "--verbose", action="store_true")
     args = p.parse_args(argv)
     if args.subset is None:
-        present = [s for s in SUBSETS if (args.annotations / f"{s}_video_url.txt").is_file()]
-        args.subsets = tuple(present) or SUBSETS  # none present: the error names the first file
+        args.subsets = present_subsets(args.annotations)
     else:
         args.subsets = tuple(s.strip() for s in args.subset.split(",") if s.strip())
     bad = [s for s in args.subsets if s not in SUBSETS]

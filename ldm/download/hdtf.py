@@ -145,8 +145,15 @@ def load_subset(folder: Path, subset: str) -> list[Video]:
     return videos
 
 
-def load_annotations(folder: Path, subsets: tuple[str, ...] = SUBSETS) -> list[Video]:
-    """Videos of the given subsets; clip names must be unique across them."""
+def present_subsets(folder: Path) -> tuple[str, ...]:
+    """The subsets whose video_url file is in `folder` (all of them when none is: the first
+    missing file is then what the error names)."""
+    return tuple(s for s in SUBSETS if (folder / f"{s}_video_url.txt").is_file()) or SUBSETS
+
+
+def load_annotations(folder: Path, subsets: tuple[str, ...] | None = None) -> list[Video]:
+    """Videos of the given subsets (default: those present); clip names must be unique."""
+    subsets = present_subsets(folder) if subsets is None else subsets
     videos = [v for s in subsets for v in load_subset(folder, s)]
     seen: dict[str, str] = {}
     for v in videos:
