@@ -17,6 +17,7 @@ import logging
 import sys
 from pathlib import Path
 
+from ldm.download.hdtf import clip_key, load_annotations
 from ldm.download.models import DEFAULT_AUDIO_MODELS, DEFAULT_FAN_DIR, existing
 from ldm.preprocessing.audio_encoders import FeatureError
 from ldm.preprocessing.audio_features import FEATURE_KINDS
@@ -97,7 +98,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def read_name_list(path: str) -> tuple[dict[str, int], set[int]]:
-    """({video stem: id}, test ids) from 'id name [train|test]' or 'name' lines."""
+    """({clip key: id}, test ids) from 'id name [train|test]' or 'name' lines; names may be
+    paths and in HDTF's (Radio34_0) or the community's (RD_Radio34_000) spelling."""
     names, test = {}, set()
     for no, line in enumerate(Path(path).read_text().splitlines(), start=1):
         parts = line.split()
@@ -107,7 +109,7 @@ def read_name_list(path: str) -> tuple[dict[str, int], set[int]]:
             parts = [str(no), parts[0]]
         if not parts[0].isdigit() or len(parts) > 3 or parts[2:] not in ([], ["train"], ["test"]):
             raise ValueError(f"{path}:{no}: expected 'id name [train|test]', got {line!r}")
-        names[Path(parts[1]).stem] = int(parts[0])
+        names[clip_key(parts[1])] = int(parts[0])
         if parts[2:] == ["test"]:
             test.add(int(parts[0]))
     return names, test
@@ -122,8 +124,8 @@ def fixed_ids(args: argparse.Namespace) -> tuple[dict[str, int] | None, set[int]
     if args.name_list:
         names, test = read_name_list(args.name_list)
         for src in expand_inputs(args.videos):
-            if Path(src).stem in names:
-                fixed[str(Path(src).resolve())] = names[Path(src).stem]
+            if clip_key(src) in names:
+                fixed[str(Path(src).resolve())] = names[clip_key(src)]
             else:
                 log.warning("%s: not in --name-list %s; it gets a new id", src, args.name_list)
         args.start_id = max(args.start_id, max(names.values(), default=0) + 1)
@@ -133,8 +135,6 @@ def fixed_ids(args: argparse.Namespace) -> tuple[dict[str, int] | None, set[int]
 
 def hdtf_crops(folder: str) -> tuple[dict[str, tuple], dict[str, float]]:
     """HDTF's crop windows (x, y, w, h, listed height) and ratios by clip stem."""
-    from ldm.download.hdtf import load_annotations
-
     windows, ratios = {}, {}
     for v in load_annotations(Path(folder)):
         for k, c in v.crops.items():

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from ldm.download.hdtf import clip_key
 from ldm.preprocessing.crop import window_box
 from ldm.preprocessing.dataset import ClipMeta, meta_path
 from ldm.preprocessing.synthetic import make_face_video
@@ -15,6 +16,12 @@ from ldm.preprocessing.synthetic import make_face_video
 from conftest import load_script
 
 pp = load_script("preprocess")
+
+
+def test_clip_key_unifies_the_spellings() -> None:
+    for name in ("Radio34_0.mp4", "RD_Radio34_000.mp4", "/mnt/cfs/HDTF/RD_Radio34_000.mp4"):
+        assert clip_key(name) == "Radio34_0"
+    assert clip_key("WDA_BarackObama_001") == "BarackObama_1" and clip_key("Radio1") == "Radio1"
 
 
 def test_window_box_squares_scales_and_clamps() -> None:
@@ -58,7 +65,8 @@ def meta(root: Path, vid: int) -> ClipMeta:
 
 def test_hdtf_windows_and_the_original_numbering_and_split(hdtf_clips: dict) -> None:
     names = hdtf_clips["root"] / "names.txt"
-    names.write_text("# the original's ids\n5 Radio2_0 train\n7 Radio1_0.mp4 test\n")
+    # HDTF's and the community's spelling (the original's train_name.txt holds paths of the latter)
+    names.write_text("# the original's ids\n5 /mnt/HDTF/RD_Radio2_000.mp4 train\n7 Radio1_0 test\n")
     code, root = preprocess(hdtf_clips, "win", "--crop", "hdtf", "--name-list", str(names))
     assert code == 0
     assert Path(meta(root, 7).source).stem == "Radio1_0" and meta(root, 7).box == [40, 10, 120]

@@ -52,6 +52,16 @@ class Video:
         return f"{self.name}_{k}.mp4"
 
 
+def clip_key(name: str) -> str:
+    """One spelling for a clip: HDTF's `Radio34_0.mp4`, the community's `RD_Radio34_000.mp4`
+    (the original's train_name.txt) and paths of either all give `Radio34_0`."""
+    stem = Path(name).name.removesuffix(".mp4")
+    prefix = next((f"{s}_" for s in SUBSETS if stem.startswith(f"{s}_")), "")
+    stem = stem[len(prefix) :]
+    base, _, k = stem.rpartition("_")
+    return f"{base}_{int(k)}" if base and k.isdigit() else stem
+
+
 def parse_time(text: str) -> float:
     """Seconds from 'mm:ss', 'h:mm:ss' or plain seconds (fractions allowed)."""
     parts = text.split(":")

@@ -186,7 +186,9 @@ def _plan(path: Path, lms: np.ndarray, info: VideoInfo, opts: PreprocessOptions)
 def _hdtf_boxes(path: Path, lms: np.ndarray, info: VideoInfo, opts: PreprocessOptions):
     """HDTF's own crop of a clip: its crop_wh window ('hdtf'), or the fixed landmark crop with
     its side scaled by the clip's crop_ratio ('hdtf-ratio'); ClipError if the clip has none."""
-    stem = Path(path).stem
+    from ldm.download.hdtf import clip_key
+
+    stem = clip_key(Path(path).name)
     if opts.crop_mode == "hdtf":
         if stem not in opts.crop_windows:
             raise ClipError(f"{path}: no crop window for {stem} in HDTF's crop_wh (--crop hdtf)")
