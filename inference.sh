@@ -1,7 +1,7 @@
 #!/bin/sh
 # The paper's inference protocol over a split list (SPEC 3, 5.2): EMA weights, DDIM 200 steps,
 # eta 0, masked frame cut at landmark 33, reference frame 1, jaw-polygon latent mask. Writes
-# $OUT/{id}/frames/{frame:05d}.png, $OUT/{id}.mp4 (with the clip's audio) and
+# $OUT/{id}/frames/{frame:05d}.png, $OUT/{id}.mp4 (with the clip's audio), $OUT/{id}_truth.mp4 and
 # $OUT/{id}_side_by_side.mp4 (ground truth | generated).
 #
 #   sh inference.sh [CKPT [CONFIG [SPLIT [OUT]]]] [-- extra scripts/inference.py options]
