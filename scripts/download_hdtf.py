@@ -106,9 +106,11 @@ def run(videos: list[Video], args: argparse.Namespace) -> dict[str, list]:
                 log.warning("unavailable: %s", err)
                 result["gone"].append(str(err))
                 continue
-            except (VideoError, OSError) as err:
-                log.error("failed: %s/%s: %s", video.subset, video.name, err)
-                result["failed"].append(f"{video.subset}/{video.name}: {err}")
+            except Exception as err:  # one video's failure must not end the run
+                log.debug("failure of %s", video.name, exc_info=True)
+                reason = str(err) if isinstance(err, VideoError | OSError) else repr(err)
+                log.error("failed: %s/%s: %s", video.subset, video.name, reason)
+                result["failed"].append(f"{video.subset}/{video.name}: {reason}")
                 continue
             if not new:
                 result["skipped"].append(video.name)

@@ -115,6 +115,28 @@ def test_rerun_skips_finished_clips_and_redoes_only_missing_ones(hdtf: dict) -> 
         assert [r["clip"] for r in csv.DictReader(fh)] == ["Radio1_0.mp4", "Radio1_1.mp4"]
 
 
+def test_an_unreadable_video_fails_alone_with_exit_code_1(hdtf: dict, caplog) -> None:
+    (hdtf["server"].folder / "broken.mp4").write_bytes(b"\x00not a video" * 5000)
+    with open(hdtf["ann"] / "RD_video_url.txt", "a") as fh:
+        fh.write(f"Radio3 {hdtf['server'].url('broken.mp4')}\n")
+    with open(hdtf["ann"] / "RD_annotion_time.txt", "a") as fh:
+        fh.write("Radio3.mp4 00:00-00:01\n")
+    assert run(hdtf) == 1
+    assert "FAILED: RD/Radio3" in caplog.text and "not a readable media file" in caplog.text
+    assert not (hdtf["out"] / "_raw").exists()  # the unreadable download is not kept
+    assert sorted(p.name for p in hdtf["out"].glob("*.mp4")) == ["Radio1_0.mp4", "Radio1_1.mp4"]
+
+
+def test_a_cut_connection_is_resumed_by_yt_dlp(hdtf: dict) -> None:
+    server = hdtf["server"]
+    server.cut["radio1.mp4"] = 2  # the extractor's probe and the download end halfway
+    assert run(hdtf) == 0
+    gets = [r for r in server.requests if r[:2] == ("GET", "radio1.mp4")]
+    assert [r[2] for r in gets][:2] == [None, None]  # probe, download (both cut)
+    assert any(r[2] and r[2] != "bytes=0-" for r in gets[2:]), gets  # resumed from an offset
+    assert frame_numbers(read_frames(hdtf["out"] / "Radio1_1.mp4")) == list(range(50, 75))
+
+
 def test_a_clip_without_a_manifest_row_is_listed_not_recut(hdtf: dict) -> None:
     out = hdtf["out"]
     assert run(hdtf) == 0

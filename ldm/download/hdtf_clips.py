@@ -143,7 +143,11 @@ def process_video(video: Video, out: Path, done: set[str], keep_raw: bool = Fals
         return []
     raw_dir = out / "_raw"
     raw = fetch_video(video, raw_dir)
-    info = probe(raw)
+    try:
+        info = probe(raw)
+    except VideoError:
+        raw.unlink()  # unreadable: fetch it afresh next run
+        raise
     if video.height is not None and info.height != video.height:
         log.warning("%s: got %dp, HDTF lists %dp (crop windows are in listed pixels)",
                     video.name, info.height, video.height)  # fmt: skip
