@@ -208,13 +208,15 @@ class _RangeHandler(http.server.BaseHTTPRequestHandler):
         self.state = server_state
         super().__init__(*args, **kw)
 
-    def log_message(self, *args) -> None:  # keep test output quiet
-        pass
+    def log_message(self, *args) -> None:
+        """Keep test output quiet."""
 
     def do_HEAD(self) -> None:
+        """Headers only."""
         self.do_GET(body=False)
 
     def do_GET(self, body: bool = True) -> None:
+        """The file (from the Range offset), 404 when absent, or half of it when cut."""
         name = self.path.lstrip("/").split("?")[0]
         path = self.state.folder / name
         self.state.requests.append((self.command, name, self.headers.get("Range")))

@@ -89,14 +89,17 @@ class _YtdlpLog:
     """Route yt-dlp's messages to this module's logger (errors are raised, so only debug)."""
 
     def debug(self, msg: str) -> None:
+        """yt-dlp's debug and info lines."""
         log.debug("yt-dlp: %s", msg)
 
     info = debug
 
     def warning(self, msg: str) -> None:
+        """yt-dlp's warnings (shown with -v)."""
         log.debug("yt-dlp warning: %s", msg)
 
     def error(self, msg: str) -> None:
+        """yt-dlp's error lines; the error itself is raised and reported."""
         log.debug("yt-dlp error: %s", msg)
 
 
