@@ -6,7 +6,7 @@ Drive any portrait with any speech (video or photo; audio in any format ffmpeg r
         --video portrait.mp4 --audio speech.wav --out result.mp4 [--sampler dpm]
 
 The paper protocol over a split list (what inference.sh runs): per clip, frames, an mp4 with the
-clip's audio and a ground-truth side-by-side mp4:
+clip's audio, the ground truth as an mp4 (for scripts/evaluate.py --gt) and side by side:
     python scripts/inference.py --ckpt last.ckpt --split data/data_test.txt --outdir logs/inference
 
 Exit code 0 on success, 1 when an input or the checkpoint is unusable (the message says why; no

@@ -25,7 +25,8 @@ SLICES = ((0, 2), (2, 5), (5, 8), (8, 10), (10, 12))
 CHANNELS = (64, 192, 384, 256, 256)
 
 ENABLE_HELP = (
-    "LPIPS needs AlexNet-LPIPS weights on disk: --lpips-weights FILE, where FILE is "
+    "LPIPS needs AlexNet-LPIPS weights on disk: `python scripts/download_models.py lpips-alex` "
+    "puts them where scripts/evaluate.py finds them; or --lpips-weights FILE, where FILE is "
     "torch.save(lpips.LPIPS(net='alex').state_dict()) made where the weights can be downloaded, "
     "or a folder with torchvision's alexnet-owt-7be5be79.pth and the lpips package's "
     "weights/v0.1/alex.pth"

@@ -117,7 +117,8 @@ def write_clip(
     real: np.ndarray,
     audio: Path | None,
 ) -> None:
-    """{outdir}/{vid}/frames/{frame:05d}.png, {vid}.mp4 and {vid}_side_by_side.mp4."""
+    """{outdir}/{vid}/frames/{frame:05d}.png, {vid}.mp4, {vid}_truth.mp4 (the same frames of
+    the dataset, for scripts/evaluate.py --gt) and {vid}_side_by_side.mp4."""
     folder = job.outdir / str(vid) / "frames"
     folder.mkdir(parents=True, exist_ok=True)
     for frame, image in zip(frames, fake, strict=True):
@@ -125,6 +126,7 @@ def write_clip(
         if not cv2.imwrite(str(path), image[..., ::-1]):
             raise OSError(f"cannot write {path}")
     write_video(job.outdir / f"{vid}.mp4", fake, FPS, audio_path=audio)
+    write_video(job.outdir / f"{vid}_truth.mp4", real, FPS, audio_path=audio)
     write_video(job.outdir / f"{vid}_side_by_side.mp4", np.concatenate([real, fake], 2), FPS, audio)
 
 
