@@ -28,7 +28,8 @@ import soundfile as sf
 import torch
 from omegaconf import OmegaConf
 
-from ldm.inference.clip import FPS, driving_audio
+from ldm.data.layout import FPS
+from ldm.inference.clip import driving_audio
 from ldm.preprocessing import synthetic
 from ldm.preprocessing.audio_features import SAMPLE_RATE
 from ldm.preprocessing.pipeline import PreprocessOptions, process_video
@@ -147,7 +148,7 @@ def main() -> None:
         model = build_model(work, args.frame)
         w, h, seconds = PORTRAIT
         synthetic.make_face_video(work / "portrait.mp4", seconds, width=w, height=h, face_px=400)
-        env = {**os.environ, "PYTHON": sys.executable, "PYTHONPATH": str(ROOT)}
+        env = {**os.environ, "PYTHONPATH": str(ROOT)}  # this checkout's code
         for mode in args.modes:
             runs = []  # (frames, wall seconds, peak RSS MB)
             for length in args.seconds:

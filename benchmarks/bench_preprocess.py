@@ -18,6 +18,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from ldm.data.layout import FPS, SAMPLE_RATE
 from ldm.preprocessing.audio_features import extract_features, frame_windows, smooth_windows
 from ldm.preprocessing.crop import crop_frame, fill_gaps, plan_crop
 from ldm.preprocessing.landmarks import make_landmarker
@@ -37,7 +38,7 @@ def timed(fn, *args, **kw):
 def bench(video: Path, n_frames: int, kinds: list[str]) -> dict[str, float]:
     """Frames per second of decode, landmark tracking, crop+JPEG and each audio feature kind."""
     rates = {}
-    frames, dt = timed(read_frames, video, 25.0, n_frames)
+    frames, dt = timed(read_frames, video, FPS, n_frames)
     rates["decode 25 fps"] = len(frames) / dt
     lm = make_landmarker("dlib")
     lms, dt = timed(lm.track, frames)
@@ -52,10 +53,10 @@ def bench(video: Path, n_frames: int, kinds: list[str]) -> dict[str, float]:
         for i, (f, b) in enumerate(zip(frames, boxes, strict=True)):
             cv2.imwrite(f"{tmp}/{i}.jpg", crop_frame(f, b, 256)[..., ::-1], params)
         rates["crop + 256 px JPEG"] = len(frames) / (time.perf_counter() - t)
-    wav = load_audio(video)[: int(len(frames) / 25 * 16000)]
+    wav = load_audio(video)[: int(len(frames) / FPS * SAMPLE_RATE)]
     for kind in kinds:
-        extract_features(wav[:16000], 16000, kind=kind)  # warm-up (imports, model load)
-        feats, dt = timed(extract_features, wav, 16000, kind=kind)
+        extract_features(wav[:SAMPLE_RATE], SAMPLE_RATE, kind=kind)  # warm-up (imports, model load)
+        feats, dt = timed(extract_features, wav, SAMPLE_RATE, kind=kind)
         smooth_windows(frame_windows(feats, len(frames)))
         rates[f"audio {kind} ({feats.shape[1]}-d)"] = len(frames) / dt
     return rates

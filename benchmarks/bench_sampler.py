@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from omegaconf import OmegaConf
 
+from ldm.data.layout import UPPER_FACE_LANDMARKS
 from ldm.inference.checkpoint import load_config, load_model
 from ldm.inference.render import Renderer, RenderOptions, prepare_model
 from ldm.models.diffusion.ddim import DDIMSampler
@@ -46,7 +47,8 @@ def synthetic_items(n: int, size: int, feature_dim: int, seed: int = 0) -> list[
     rng = np.random.default_rng(seed)
     yy, xx = (np.mgrid[0:size, 0:size] + 0.5) / size
     face = (xx - 0.5) ** 2 / 0.35**2 + (yy - 0.5) ** 2 / 0.45**2 < 1
-    landmarks = rng.uniform(0.2, 0.8, (39, 2)).astype(np.float32) * size
+    n_points = len(UPPER_FACE_LANDMARKS)
+    landmarks = rng.uniform(0.2, 0.8, (n_points, 2)).astype(np.float32) * size
     items: list[dict] = []
     for opening in np.linspace(0.0, 1.0, n):
         mouth = (xx - 0.5) ** 2 / 0.12**2 + (yy - 0.72) ** 2 / (0.01 + 0.07 * opening) ** 2 < 1

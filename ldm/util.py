@@ -14,13 +14,10 @@ from torch import nn
 logger = logging.getLogger(__name__)
 
 
-def get_obj_from_str(string: str, reload: bool = False) -> Any:
+def get_obj_from_str(string: str) -> Any:
     """Import ``"pkg.module.Name"`` and return ``Name``."""
     module, cls = string.rsplit(".", 1)
-    mod = importlib.import_module(module)
-    if reload:
-        mod = importlib.reload(mod)
-    return getattr(mod, cls)
+    return getattr(importlib.import_module(module), cls)
 
 
 def instantiate_from_config(config: Any, **extra: Any) -> Any:

@@ -17,6 +17,8 @@ import logging
 import sys
 from pathlib import Path
 
+from ldm.data.layout import FPS
+from ldm.download.models import DEFAULT_LPIPS_ALEX, DEFAULT_SYNCNET, existing
 from ldm.evaluation import WeightsError
 from ldm.evaluation import lpips as lpips_mod
 from ldm.evaluation import syncnet as syncnet_mod
@@ -42,12 +44,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--out", default="outputs/evaluation", help="report folder")
     p.add_argument("--baselines", action="store_true", help="add copy-reference/shifted rows")
     p.add_argument("--shift-frames", type=int, default=SHIFT_FRAMES, help="shifted-truth offset")
-    p.add_argument("--fps", type=float, default=25.0, help="frame rate videos are read at")
+    p.add_argument("--fps", type=float, default=FPS, help="frame rate videos are read at")
     p.add_argument("--max-frames", type=int, help="use at most the first N frames of each clip")
     p.add_argument("--audio", nargs="+", help="driving audio per clip (default: pred, else gt)")
     p.add_argument("--landmarker", choices=("dlib", "fan"), default="dlib")
-    p.add_argument("--lpips-weights", help="AlexNet-LPIPS state dict file or folder")
-    p.add_argument("--syncnet-weights", help="syncnet_v2.model state dict")
+    p.add_argument(
+        "--lpips-weights",
+        default=existing(DEFAULT_LPIPS_ALEX),
+        help=f"AlexNet-LPIPS state dict file or folder (default: {DEFAULT_LPIPS_ALEX} if present)",
+    )
+    p.add_argument(
+        "--syncnet-weights", default=existing(DEFAULT_SYNCNET),
+        help=f"syncnet_v2.model state dict (default: {DEFAULT_SYNCNET} if present)",
+    )  # fmt: skip
     p.add_argument(
         "--first-stage-frames", metavar="PATH",
         help="video or frame folder of the truth encoded + decoded by the first stage and pasted\n"

@@ -9,7 +9,7 @@ Rendering streams chunk by chunk (--chunk-frames); a killed render run again wit
 arguments resumes after its last finished chunk, and the mp4 appears only when complete.
 
 The paper protocol over a split list (what inference.sh runs): per clip, frames, an mp4 with the
-clip's audio and a ground-truth side-by-side mp4:
+clip's audio, the ground truth as an mp4 (for scripts/evaluate.py --gt) and side by side:
     python scripts/inference.py --ckpt last.ckpt --split data/data_test.txt --outdir logs/inference
 
 Exit code 0 on success, 1 when an input or the checkpoint is unusable (the message says why; no

@@ -1,5 +1,6 @@
 #!/bin/sh
-# Sourced by tests/run.sh and demo.sh: make .venv with torch and requirements.txt, once per change.
+# Sourced by demo.sh, run.sh, inference.sh and tests/run.sh: make .venv with torch and
+# requirements.txt, once per change.
 # TORCH_SPEC picks the torch build (default: the CPU 2.13.0 wheel; GPU users: e.g. "torch>=2.4").
 set -eu
 TORCH_SPEC=${TORCH_SPEC:-torch==2.13.0}

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import functools
+import http.server
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -172,3 +175,85 @@ def make_tiny_checkpoint(tmp: Path) -> dict:
     torch.save({"state_dict": model.state_dict()}, ckpt)
     OmegaConf.save(cfg, config)
     return {"ckpt": ckpt, "config": config, "data": data, "root": tmp}
+
+
+class FileServer:
+    """A local HTTP server over a folder with Range support, request log and injectable faults.
+
+    `cut[name] = k` makes the next k GETs of /name send the full Content-Length but close after
+    half the body, as a dropped connection does.
+    """
+
+    def __init__(self, folder: Path) -> None:
+        self.folder, self.cut, self.requests = folder, {}, []
+        handler = functools.partial(_RangeHandler, server_state=self)
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread.start()
+
+    def url(self, name: str) -> str:
+        """URL of a file in the served folder."""
+        return f"http://127.0.0.1:{self.httpd.server_address[1]}/{name}"
+
+    def close(self) -> None:
+        """Stop serving."""
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+class _RangeHandler(http.server.BaseHTTPRequestHandler):
+    """GET/HEAD of files with 'Range: bytes=N-' support."""
+
+    def __init__(self, *args, server_state: FileServer, **kw) -> None:
+        self.state = server_state
+        super().__init__(*args, **kw)
+
+    def log_message(self, *args) -> None:
+        """Keep test output quiet."""
+
+    def do_HEAD(self) -> None:
+        """Headers only."""
+        self.do_GET(body=False)
+
+    def do_GET(self, body: bool = True) -> None:
+        """The file (from the Range offset), 404 when absent, or half of it when cut."""
+        name = self.path.lstrip("/").split("?")[0]
+        path = self.state.folder / name
+        self.state.requests.append((self.command, name, self.headers.get("Range")))
+        if not path.is_file():
+            self.send_error(404, "Not Found")
+            return
+        data = path.read_bytes()
+        start = 0
+        rng = self.headers.get("Range")
+        if rng and rng.startswith("bytes="):
+            start = int(rng[6:].split("-")[0])
+            self.send_response(206)
+            self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
+        else:
+            self.send_response(200)
+        self.send_header(
+            "Content-Type", "video/mp4" if name.endswith(".mp4") else "application/octet-stream"
+        )
+        self.send_header("Content-Length", str(len(data) - start))
+        self.send_header("Accept-Ranges", "bytes")
+        self.end_headers()
+        if not body:
+            return
+        if self.command == "GET" and self.state.cut.get(name, 0) > 0:
+            self.state.cut[name] -= 1
+            self.wfile.write(data[start : start + (len(data) - start) // 2])
+            self.wfile.flush()
+            self.close_connection = True
+            return
+        self.wfile.write(data[start:])
+
+
+@pytest.fixture
+def file_server(tmp_path: Path):
+    """A FileServer over tmp_path/'served'."""
+    folder = tmp_path / "served"
+    folder.mkdir()
+    server = FileServer(folder)
+    yield server
+    server.close()

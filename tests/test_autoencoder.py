@@ -276,6 +276,29 @@ def test_lpips_loads_torchvision_and_taming_names(tmp_path, caplog):
     assert loss.perceptual_weight == 0.0 and "absent.pth" in caplog.text and "OFF" in caplog.text
 
 
+@pytest.mark.parametrize("backbone", ["vgg16", "alexnet"])
+def test_both_lpips_share_the_head_and_compute_its_formula(backbone):
+    from ldm.evaluation.lpips import LPIPS as AlexLPIPS
+
+    torch.manual_seed(0)
+    model = LPIPS() if backbone == "vgg16" else AlexLPIPS()
+    for k in range(5):
+        torch.nn.init.uniform_(getattr(model, f"lin{k}").model[1].weight, 0.0, 1.0)
+    x, y = torch.rand(2, 2, 3, 64, 64) * 2 - 1
+    shift = torch.tensor([-0.030, -0.088, -0.188]).view(1, 3, 1, 1)  # LPIPS's ScalingLayer
+    scale = torch.tensor([0.458, 0.448, 0.450]).view(1, 3, 1, 1)
+    expected = torch.zeros(2)
+    taps = zip(model.net((x - shift) / scale), model.net((y - shift) / scale), strict=True)
+    for k, (a, b) in enumerate(taps):
+        a = a / (a.norm(dim=1, keepdim=True) + 1e-10)
+        b = b / (b.norm(dim=1, keepdim=True) + 1e-10)
+        w = getattr(model, f"lin{k}").model[1].weight.view(1, -1, 1, 1)
+        expected += ((a - b) ** 2 * w).sum(1).mean((1, 2))
+    model.train()  # stays a frozen metric
+    assert not model.training and not any(p.requires_grad for p in model.parameters())
+    torch.testing.assert_close(model(x, y).flatten(), expected, atol=1e-6, rtol=1e-5)
+
+
 def test_image_folder(tmp_path):
     from PIL import Image
 

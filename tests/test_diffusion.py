@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
+from omegaconf import OmegaConf
 
 from ldm.models.diffusion.ddim import DDIMSampler, make_ddim_timesteps
 from ldm.models.diffusion.ddpm import DDPM
+from ldm.train_utils import ConfigError, check_targets
 
 UNET = "ldm.modules.diffusionmodules.openaimodel.UNetModel"
 
@@ -113,3 +116,12 @@ def test_ema_warms_up_and_swaps_in_and_out(original_vectors):
     with model.ema_scope():
         torch.testing.assert_close(param.detach(), shadow)
     torch.testing.assert_close(param.detach(), before + 1.0)
+
+
+def test_options_nothing_honours_are_clear_errors(original_vectors):
+    with pytest.raises(ValueError, match="parameterization must be 'eps'"):
+        make_ddpm(original_vectors["unet"]["config"], parameterization="x0")
+    for key, value in (("loss_type", "l1"), ("beta_schedule", "cosine")):
+        cfg = OmegaConf.create({"target": "ldm.models.diffusion.ddpm.DDPM", "params": {key: value}})
+        with pytest.raises(ConfigError, match=f"takes no parameter '{key}'"):
+            check_targets(cfg)

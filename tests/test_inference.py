@@ -242,6 +242,10 @@ def test_split_mode_writes_frames_mp4_and_side_by_side(tiny, tmp_path):
     assert clip.has_audio and sbs.has_audio
     assert (clip.width, clip.height, sbs.width) == (SIZE, SIZE, 2 * SIZE)
     assert len(read_frames(outdir / "2.mp4", fps=None)) == 8
+    truth = read_frames(outdir / "2_truth.mp4", fps=None)  # what scripts/evaluate.py takes as --gt
+    left = read_frames(outdir / "2_side_by_side.mp4", fps=None)[:, :, :SIZE]
+    assert truth.shape == (8, SIZE, SIZE, 3) and probe(outdir / "2_truth.mp4").has_audio
+    assert np.abs(truth.astype(int) - left).mean() < 4  # the truth half, up to compression
 
 
 def test_errors_are_clear_and_leave_no_mp4(tiny, tmp_path, caplog):

@@ -117,3 +117,37 @@ def test_unet_keeps_shapes_and_gradient_checkpointing_gives_the_same_gradients()
         out.square().mean().backward()
         grads.append(model.input_blocks[0][0].weight.grad.clone())
     torch.testing.assert_close(grads[0], grads[1], atol=1e-6, rtol=1e-4)
+
+
+def small_model_on_meta(**overrides):
+    """The small config on the meta device with dotted-key overrides under model.params."""
+    cfg = OmegaConf.load(ROOT / "configs/latent-diffusion/talking-small.yaml")
+    cfg.model.params.first_stage_config.params.ckpt_path = None
+    for key, value in overrides.items():
+        OmegaConf.update(cfg.model.params, key, value)
+    with torch.device("meta"):
+        return instantiate_from_config(cfg.model)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "named"),
+    [
+        ({"unet_config.params.context_dim": 96}, r"unet_config\.params\.context_dim = 96"),
+        ({"landmark_config.params.dim_out": 32}, r"landmark_config\.params\.dim_out \(32\)"),
+        ({"audio_config.params.dim_aud": 16}, r"audio_config\.params\.dim_aud \(16\)"),
+        ({"unet_config.params.in_channels": 6}, r"unet_config\.params\.in_channels = 6"),
+        ({"unet_config.params.out_channels": 4}, r"unet_config\.params\.out_channels = 4"),
+        ({"channels": 4}, r"model\.params\.channels = 4"),
+    ],
+)
+def test_mismatched_sizes_fail_at_construction_naming_the_keys(overrides, named):
+    with pytest.raises(ValueError, match=named):
+        small_model_on_meta(**overrides)
+
+
+def test_all_size_mismatches_are_in_one_error():
+    with pytest.raises(ValueError) as err:
+        small_model_on_meta(**{"first_stage_config.params.embed_dim": 4})
+    message = str(err.value)
+    assert message.count("\n- ") == 3  # in_channels, out_channels and channels
+    assert "first_stage_config.params.embed_dim" in message

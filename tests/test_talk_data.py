@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import random
 
+import cv2
 import numpy as np
 import pytest
 
 from ldm.data.talk import (
+    JAW_POLYGON,
     UPPER_FACE_LANDMARKS,
     TalkInference,
     TalkTrain,
@@ -70,3 +72,88 @@ def test_jaw_mask_is_zero_exactly_inside_the_polygon():
 def test_missing_data_directory_is_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="no images/ folder"):
         TalkTrain(split_file=str(tmp_path / "x.txt"), root=str(tmp_path / "nowhere"))
+
+
+# ----------------------------------------------------------------------------- the original's mask
+
+PIL_PRECISION_BITS = 22  # PIL's fixed-point coefficients for 8-bit images (Resample.c)
+
+
+def pil_bicubic_weights(n_in: int, n_out: int) -> np.ndarray:
+    """(n_out, n_in) integer weights of PIL's bicubic (a = -0.5) resize, written out here."""
+    scale = n_in / n_out
+    filter_scale = max(scale, 1.0)
+    weights = np.zeros((n_out, n_in))
+    for o in range(n_out):
+        centre = (o + 0.5) * scale
+        lo = max(int(centre - 2 * filter_scale + 0.5), 0)
+        hi = min(int(centre + 2 * filter_scale + 0.5), n_in)
+        x = np.abs((np.arange(lo, hi) - centre + 0.5) / filter_scale)
+        w = np.where(
+            x < 1, (1.5 * x - 2.5) * x * x + 1, np.where(x < 2, ((x - 5) * x + 8) * x * -0.5 + 2, 0)
+        )
+        w = w / w.sum() * 2**PIL_PRECISION_BITS
+        weights[o, lo:hi] = np.where(w < 0, np.trunc(w - 0.5), np.trunc(w + 0.5))
+    return weights.astype(np.int64)
+
+
+def original_inference_mask(lms: np.ndarray, size: int, latent: int) -> np.ndarray:
+    """The original's inference_mask (SPEC 3): 0/1 polygon image, two rounded 8-bit passes."""
+    mask = np.ones((size, size))
+    mask = cv2.fillPoly(mask, pts=[lms[list(JAW_POLYGON)].astype("int32")], color=(0, 0, 0))
+    mask = (mask > 0).astype(np.int64)
+    w = pil_bicubic_weights(size, latent)
+    half = 1 << (PIL_PRECISION_BITS - 1)
+    rows = np.clip((mask @ w.T + half) >> PIL_PRECISION_BITS, 0, 255)  # horizontal pass
+    return np.clip((w @ rows + half) >> PIL_PRECISION_BITS, 0, 255).astype(np.float32)
+
+
+@pytest.mark.parametrize("size", [256, 300, 512])
+def test_jaw_mask_rounds_as_the_original(size):
+    rng = np.random.default_rng(size)
+    for _ in range(4):
+        lms = face_template(size) + rng.normal(0, 0.01 * size, (68, 2)).astype(np.float32)
+        expected = original_inference_mask(lms, size, 64)
+        np.testing.assert_array_equal(jaw_latent_mask(lms, size, 64), expected)
+
+
+def test_threshold_rounding_regenerates_more_cells():
+    lms = face_template(256)
+    original = jaw_latent_mask(lms, 256, 64)
+    threshold = jaw_latent_mask(lms, 256, 64, rounding="threshold")
+    assert 0 < original.sum() - threshold.sum() <= 14
+
+
+def test_dataset_mask_rounding_option(tiny_dataset):
+    split = str(tiny_dataset.parent / "data_test.txt")
+    lms = np.loadtxt(tiny_dataset / "landmarks" / "2_1.lms", dtype=np.float32)
+    for rounding in ("original", "threshold"):
+        item = TalkInference(split_file=split, root=str(tiny_dataset), mask_rounding=rounding)[0]
+        expected = jaw_latent_mask(lms, 64, 64, rounding)  # 64 px frames, latent 256 // 4
+        np.testing.assert_array_equal(item["inference_mask"][0], expected)
+    with pytest.raises(ValueError, match="mask rounding"):
+        jaw_latent_mask(lms, 64, 16, rounding="round")
+
+
+def test_audio_windows_the_model_cannot_read_fail_naming_the_file(tiny_dataset):
+    split = str(tiny_dataset.parent / "data_train.txt")
+    with pytest.raises(ValueError, match=r"1_1\.npy holds audio windows of shape \(8, 16, 29\)"):
+        TalkTrain(split_file=split, root=str(tiny_dataset), size=32, audio_shape=(8, 16, 384))
+
+
+def test_config_datasets_expect_the_model_audio_shape(tiny_dataset):
+    from omegaconf import OmegaConf
+
+    from ldm.util import instantiate_from_config
+
+    from conftest import ROOT
+
+    cfg = OmegaConf.load(ROOT / "configs/latent-diffusion/talking.yaml")
+    cfg.model.params.audio_config.params.feature_dim = 384  # e.g. whisper features
+    for split, name in (("train", "data_train.txt"), ("validation", "data_test.txt")):
+        data = cfg.data.params[split]
+        data.params.update(root=str(tiny_dataset), split_file=str(tiny_dataset.parent / name))
+        with pytest.raises(ValueError, match="feature_dim"):
+            instantiate_from_config(data)
+    cfg.model.params.audio_config.params.feature_dim = 29
+    assert len(instantiate_from_config(cfg.data.params.validation)) == 8

@@ -375,13 +375,3 @@ def test_first_stage_trains_and_the_talking_model_loads_it(data, tmp_path, caplo
     torch.testing.assert_close(
         model.first_stage_model.encoder.conv_in.weight, state["encoder.conv_in.weight"]
     )
-
-
-@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-GPU message")
-def test_run_sh_without_a_gpu_names_the_cpu_config():
-    env = {**os.environ, "PYTHON": sys.executable}
-    res = subprocess.run(
-        ["sh", str(ROOT / "run.sh")], env=env, capture_output=True, text=True, timeout=120
-    )
-    assert res.returncode == 1
-    assert "no CUDA GPU" in res.stderr and "talking-small.yaml" in res.stderr

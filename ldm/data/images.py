@@ -8,15 +8,7 @@ import numpy as np
 from PIL import Image
 from torch.utils.data import Dataset
 
-
-def read_split_keys(split_file: str | Path) -> list[str]:
-    """Non-empty stripped lines of a split list, e.g. data/data_train.txt (`{id}_{frame}` keys)."""
-    split_file = Path(split_file)
-    if not split_file.is_file():
-        raise FileNotFoundError(
-            f"split list {split_file} not found (one '<id>_<frame>' key per line)"
-        )
-    return [line.strip() for line in split_file.read_text().splitlines() if line.strip()]
+from ldm.data.layout import read_split_keys
 
 
 class ImageFolder(Dataset):

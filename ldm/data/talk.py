@@ -12,23 +12,31 @@ import numpy as np
 from PIL import Image
 from torch.utils.data import Dataset
 
-from ldm.data.images import read_split_keys
+from ldm.data.layout import (
+    AUDIO_SHAPE,
+    INFERENCE_MASK_LANDMARK,
+    JAW_POLYGON,
+    REFERENCE_FRAME,
+    REFERENCE_MARGIN,
+    TRAIN_MASK_LANDMARK,
+    UPPER_FACE_LANDMARKS,
+    format_key,
+    parse_key,
+    read_frame_counts,
+    read_split_keys,
+)
 
 logger = logging.getLogger(__name__)
 
-UPPER_FACE_LANDMARKS = (0, 1, 2, 3, *range(13, 48))  # 39 points: no lower jaw, no mouth (SPEC 2)
-JAW_POLYGON = (*range(2, 15), 33)  # inference latent mask: jaw 2..14 closed at the nose base
-TRAIN_MASK_LANDMARK = 30  # nose tip: rows below it are masked when training
-INFERENCE_MASK_LANDMARK = 33  # subnasale: the original's inference cut (SPEC 6, bug 1)
-
 
 def sample_reference_frame(
-    n_frames: int, frame: int, margin: int = 60, rng: random.Random | None = None
+    n_frames: int, frame: int, margin: int = REFERENCE_MARGIN, rng: random.Random | None = None
 ) -> int:
     """Uniform frame from {1..n_frames-1} minus {frame-margin .. frame+margin-1} (SPEC 2).
 
-    ``n_frames`` is token [1] of the identity's line in data.txt (an exclusive upper bound).
-    If the clip is too short to keep the margin, any other frame is used.
+    ``n_frames`` is the identity's N in data.txt, read as the original does: an exclusive
+    upper bound (ldm.data.layout.FrameCounts). If the clip is too short to keep the margin,
+    any other frame is used.
     """
     rng = rng or random
     lo, hi = max(1, frame - margin), min(n_frames - 1, frame + margin - 1)  # excluded block
@@ -41,22 +49,9 @@ def sample_reference_frame(
     return k if k < lo else k + n_excluded
 
 
-def read_frame_counts(path: Path) -> list[int]:
-    """data.txt: line i belongs to identity i+1; token [1] is its frame bound (SPEC 1.4)."""
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} not found: it lists '<id> <n_frames>' per identity")
-    counts = []
-    for lineno, line in enumerate(path.read_text().splitlines(), 1):
-        tokens = line.split()
-        if len(tokens) < 2 or not tokens[1].isdigit():
-            raise ValueError(f"{path}:{lineno}: expected '<id> <n_frames>', got {line!r}")
-        counts.append(int(tokens[1]))
-    return counts
-
-
 def read_keys(path: Path, max_items: int | None = None) -> np.ndarray:
     """Split list of ``{id}_{frame}`` keys -> compact (N, 2) int32 array (SPEC 1.5, bug 16)."""
-    keys = [key.split("_") for key in read_split_keys(path)]
+    keys = [parse_key(key) for key in read_split_keys(path)]
     arr = np.asarray(keys, dtype=np.int32).reshape(-1, 2)
     if max_items is not None and len(arr) > max_items:  # evenly spread subset
         arr = arr[np.linspace(0, len(arr) - 1, max_items).round().astype(int)]
@@ -74,10 +69,26 @@ def load_image(path: Path, size: int) -> tuple[np.ndarray, float]:
     return arr / 127.5 - 1.0, width / size
 
 
-def jaw_latent_mask(landmarks: np.ndarray, orig_size: int, latent_size: int) -> np.ndarray:
-    """Inference latent mask (latent_size, latent_size): 0 inside the jaw polygon, 1 = known."""
+MASK_ROUNDINGS = ("original", "threshold")
+
+
+def jaw_latent_mask(
+    landmarks: np.ndarray, orig_size: int, latent_size: int, rounding: str = "original"
+) -> np.ndarray:
+    """Inference latent mask (latent_size, latent_size): 0 inside the jaw polygon, 1 = known.
+
+    ``rounding="original"`` resizes the 0/1 uint8 image with PIL bicubic and keeps its values,
+    as the original (two 8-bit passes, each rounding to 0 or 1). ``"threshold"`` (this project's
+    earlier rule) resizes a 0/255 image and keeps the cells above 127, which regenerates a few
+    more boundary cells (6-14 per frame of a 256 px face) instead of keeping them.
+    """
+    if rounding not in MASK_ROUNDINGS:
+        raise ValueError(f"mask rounding must be one of {MASK_ROUNDINGS}, got {rounding!r}")
     mask = np.ones((orig_size, orig_size), dtype=np.uint8)
     cv2.fillPoly(mask, [landmarks[list(JAW_POLYGON)].astype(np.int32)], 0)
+    if rounding == "original":
+        small = Image.fromarray(mask).resize((latent_size, latent_size), Image.BICUBIC)
+        return np.asarray(small).astype(np.float32)
     small = Image.fromarray(mask * 255).resize((latent_size, latent_size), Image.BICUBIC)
     return (np.asarray(small) > 127).astype(np.float32)
 
@@ -92,12 +103,15 @@ class TalkBase(Dataset):
         size: int = 256,
         latent_size: int | None = None,  # inference mask size; default size // 4 (VQ-f4)
         mask_landmark: int = TRAIN_MASK_LANDMARK,
-        reference_margin: int = 60,
+        reference_margin: int = REFERENCE_MARGIN,
         resample_reference: bool = False,  # original: drawn once, in __init__ (SPEC 6, bug 3)
         reference_frame: int | None = None,  # inference: always this frame (original: 1)
         audio_id: int
         | None = None,  # drive every id with this id's audio (original inference: 105)
         with_inference_mask: bool = False,
+        mask_rounding: str = "original",  # jaw_latent_mask: "original" or "threshold"
+        audio_shape: tuple[int, int, int] = AUDIO_SHAPE,  # (smoothing, window, feature dim)
+        # the model reads; the config interpolates it from the model's audio configs
         max_items: int | None = None,  # validation subset
     ) -> None:
         self.root = Path(root)
@@ -109,6 +123,7 @@ class TalkBase(Dataset):
         self.reference_frame = reference_frame
         self.audio_id = audio_id
         self.with_inference_mask = with_inference_mask
+        self.mask_rounding = mask_rounding
         if not (self.root / "images").is_dir():
             raise FileNotFoundError(
                 f"data directory {self.root} has no images/ folder; create it with "
@@ -117,27 +132,47 @@ class TalkBase(Dataset):
         self.keys = read_keys(Path(split_file), max_items)
         self.frame_counts = read_frame_counts(self.root / "data.txt")
         self.references = np.asarray([self._draw_reference(i) for i in range(len(self.keys))])
+        self.check_audio_shape(tuple(audio_shape))
 
     def __len__(self) -> int:
         return len(self.keys)
+
+    def audio_path(self, vid: int, frame: int) -> Path:
+        """``audio_smooth/{id}_{frame}.npy`` of a key (every id reads ``audio_id``'s if set)."""
+        return self.root / "audio_smooth" / f"{format_key(self.audio_id or vid, frame)}.npy"
+
+    def check_audio_shape(self, expected: tuple[int, int, int]) -> None:
+        """Fail at construction when the first key's audio windows are not what the model reads."""
+        if len(self.keys) == 0:
+            return
+        path = self.audio_path(*(int(v) for v in self.keys[0]))
+        shape = np.load(path, mmap_mode="r").shape
+        if shape != expected:
+            raise ValueError(
+                f"{path} holds audio windows of shape {shape}, but the model reads {expected} = "
+                "(model.params.audio_attention_config.params.seq_len, "
+                "model.params.audio_config.params.win_size, "
+                "model.params.audio_config.params.feature_dim): set those to the data's "
+                "(and the dataset's audio_shape), or preprocess the audio again"
+            )
 
     def _draw_reference(self, index: int) -> int:
         vid, frame = (int(v) for v in self.keys[index])
         if self.reference_frame is not None:
             return self.reference_frame
-        if vid > len(self.frame_counts):
+        if vid not in self.frame_counts:
             raise ValueError(f"identity {vid} has no line in {self.root / 'data.txt'}")
-        return sample_reference_frame(self.frame_counts[vid - 1], frame, self.reference_margin)
+        return sample_reference_frame(self.frame_counts[vid], frame, self.reference_margin)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         vid, frame = (int(v) for v in self.keys[index])
         ref = self._draw_reference(index) if self.resample_reference else self.references[index]
-        image, scale = load_image(self.root / "images" / f"{vid}_{frame}.jpg", self.size)
-        reference, _ = load_image(self.root / "images" / f"{vid}_{ref}.jpg", self.size)
-        lms = np.loadtxt(self.root / "landmarks" / f"{vid}_{frame}.lms", dtype=np.float32)
-        ref_lms = np.loadtxt(self.root / "landmarks" / f"{vid}_{ref}.lms", dtype=np.float32)
-        audio_key = f"{self.audio_id or vid}_{frame}"
-        audio = np.load(self.root / "audio_smooth" / f"{audio_key}.npy").astype(np.float32)
+        key, ref_key = format_key(vid, frame), format_key(vid, ref)
+        image, scale = load_image(self.root / "images" / f"{key}.jpg", self.size)
+        reference, _ = load_image(self.root / "images" / f"{ref_key}.jpg", self.size)
+        lms = np.loadtxt(self.root / "landmarks" / f"{key}.lms", dtype=np.float32)
+        ref_lms = np.loadtxt(self.root / "landmarks" / f"{ref_key}.lms", dtype=np.float32)
+        audio = np.load(self.audio_path(vid, frame)).astype(np.float32)
         cut = int(lms[self.mask_landmark, 1] / scale)  # first masked row in the resized frame
         image_mask = image.copy()
         image_mask[cut:] = -1.0
@@ -157,7 +192,9 @@ class TalkBase(Dataset):
         }
         if self.with_inference_mask:
             orig = round(scale * self.size)
-            item["inference_mask"] = jaw_latent_mask(lms, orig, self.latent_size)[None]
+            item["inference_mask"] = jaw_latent_mask(
+                lms, orig, self.latent_size, self.mask_rounding
+            )[None]
             item["landmarks_all"] = lms / scale
         return item
 
@@ -181,6 +218,6 @@ class TalkInference(TalkBase):
 
     def __init__(self, split_file: str = "data/data_test.txt", **kwargs: Any) -> None:
         kwargs.setdefault("mask_landmark", INFERENCE_MASK_LANDMARK)
-        kwargs.setdefault("reference_frame", 1)
+        kwargs.setdefault("reference_frame", REFERENCE_FRAME)
         kwargs.setdefault("with_inference_mask", True)
         super().__init__(split_file, **kwargs)

@@ -10,6 +10,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from ldm.data.layout import FPS
 from ldm.preprocessing.video import VideoError, iter_frames, load_audio, probe
 
 log = logging.getLogger(__name__)
@@ -53,7 +54,7 @@ class ClipFrames:
     at most ``max_frames``, each resized to ``size`` (height, width) when given."""
 
     def __init__(
-        self, source: str | Path | np.ndarray, fps: float = 25.0, max_frames: int | None = None,
+        self, source: str | Path | np.ndarray, fps: float = FPS, max_frames: int | None = None,
         size: tuple[int, int] | None = None,
     ) -> None:  # fmt: skip
         self.source, self.fps, self.max_frames, self.size = source, fps, max_frames, size
@@ -107,7 +108,7 @@ class ClipFrames:
         return clip
 
 
-def read_clip(path: str | Path, fps: float = 25.0, max_frames: int | None = None) -> np.ndarray:
+def read_clip(path: str | Path, fps: float = FPS, max_frames: int | None = None) -> np.ndarray:
     """(T, H, W, 3) uint8 RGB frames of a video (resampled to `fps`) or of a frames folder."""
     frames = list(ClipFrames(path, fps, max_frames).frames())
     if not frames:

@@ -18,18 +18,17 @@ import torch
 from torch import nn
 
 from ldm.evaluation import WeightsError, load_state_dict
+from ldm.modules.losses.lpips import LPIPSHead
 
 log = logging.getLogger(__name__)
 
 # torchvision AlexNet `features` indices of each slice; each slice ends at a ReLU (relu1..relu5)
 SLICES = ((0, 2), (2, 5), (5, 8), (8, 10), (10, 12))
 CHANNELS = (64, 192, 384, 256, 256)
-SHIFT = (-0.030, -0.088, -0.188)  # ScalingLayer: ImageNet statistics in the [-1, 1] range
-SCALE = (0.458, 0.448, 0.450)
-EPS = 1e-10
 
 ENABLE_HELP = (
-    "LPIPS needs AlexNet-LPIPS weights on disk: --lpips-weights FILE, where FILE is "
+    "LPIPS needs AlexNet-LPIPS weights on disk: `python scripts/download_models.py lpips-alex` "
+    "puts them where scripts/evaluate.py finds them; or --lpips-weights FILE, where FILE is "
     "torch.save(lpips.LPIPS(net='alex').state_dict()) made where the weights can be downloaded, "
     "or a folder with torchvision's alexnet-owt-7be5be79.pth and the lpips package's "
     "weights/v0.1/alex.pth"
@@ -73,35 +72,11 @@ class AlexFeatures(nn.Module):
         return feats
 
 
-class NetLinLayer(nn.Module):
-    """Learned non-negative per-channel weights as a 1x1 conv (dropout only matters in training)."""
-
-    def __init__(self, channels: int) -> None:
-        super().__init__()
-        self.model = nn.Sequential(nn.Dropout(), nn.Conv2d(channels, 1, 1, bias=False))
-
-
-class LPIPS(nn.Module):
-    """Learned perceptual distance; forward takes (B, 3, H, W) RGB in [-1, 1], returns (B,)."""
+class LPIPS(LPIPSHead):
+    """AlexNet LPIPS v0.1 on the shared LPIPSHead: (B, 3, H, W) x2 in [-1, 1] -> (B,)."""
 
     def __init__(self) -> None:
-        super().__init__()
-        self.register_buffer("shift", torch.tensor(SHIFT).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("scale", torch.tensor(SCALE).view(1, 3, 1, 1), persistent=False)
-        self.net = AlexFeatures()
-        for k, c in enumerate(CHANNELS):
-            self.add_module(f"lin{k}", NetLinLayer(c))
-
-    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """(B,) distances: sum over layers of the spatial mean of weighted squared differences."""
-        fx = self.net((x - self.shift) / self.scale)
-        fy = self.net((y - self.shift) / self.scale)
-        total = torch.zeros(x.shape[0], device=x.device)
-        for k, (a, b) in enumerate(zip(fx, fy, strict=True)):
-            a = a / (a.pow(2).sum(1, keepdim=True).sqrt() + EPS)  # unit length per position
-            b = b / (b.pow(2).sum(1, keepdim=True).sqrt() + EPS)
-            total = total + getattr(self, f"lin{k}").model((a - b) ** 2).mean((1, 2, 3))
-        return total
+        super().__init__(AlexFeatures(), CHANNELS)
 
 
 def _rename(key: str) -> str | None:

@@ -33,7 +33,8 @@ CROP_SCALE = 0.4  # syncnet_python run_pipeline --crop_scale
 SMOOTH_KERNEL = 13  # median filter of the crop track, frames
 PAD_VALUE = 110
 ENABLE_HELP = (
-    "LSE-C/LSE-D need SyncNet weights on disk: --syncnet-weights syncnet_v2.model "
+    "LSE-C/LSE-D need SyncNet weights on disk: `python scripts/download_models.py syncnet` "
+    "puts them where scripts/evaluate.py finds them; or --syncnet-weights syncnet_v2.model "
     "(from joonson/syncnet_python's download_model.sh)"
 )
 

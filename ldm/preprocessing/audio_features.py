@@ -12,14 +12,18 @@ from functools import lru_cache
 
 import numpy as np
 
+from ldm.data.layout import (
+    AUDIO_SMOOTHING,
+    AUDIO_WINDOW,
+    FEATURE_DIM,
+    FEATURE_RATE,
+    SAMPLE_RATE,
+    STEPS_PER_FRAME,
+)
+
 log = logging.getLogger(__name__)
 
-SAMPLE_RATE = 16000
-HOP = 320  # samples per 50 Hz step at 16 kHz
-STEPS_PER_FRAME = 2  # 50 Hz features per 25 fps video frame
-WINDOW = 16  # DeepSpeech steps per window (0.32 s)
-SMOOTH = 8  # windows stacked per frame (AD-NeRF smo_size)
-N_MELS = 29  # matches DeepSpeech's 29 character logits
+HOP = SAMPLE_RATE // FEATURE_RATE  # 320 samples per 50 Hz step at 16 kHz
 FEATURE_KINDS = ("logmel", "deepspeech", "wav2vec2", "hubert", "whisper")
 
 
@@ -61,7 +65,7 @@ def power_spectrogram(wav: np.ndarray, n_fft: int, win: int, hop: int) -> np.nda
     return (spec.real**2 + spec.imag**2).T.astype(np.float32)
 
 
-def logmel(wav: np.ndarray, sr: int = SAMPLE_RATE, n_mels: int = N_MELS) -> np.ndarray:
+def logmel(wav: np.ndarray, sr: int = SAMPLE_RATE, n_mels: int = FEATURE_DIM) -> np.ndarray:
     """(T50, n_mels) natural-log mel power (+1e-6) at 50 Hz: 25 ms Hann window, 20 ms hop."""
     wav = resample(wav, sr)
     power = power_spectrogram(wav, n_fft=512, win=400, hop=HOP)
@@ -107,7 +111,7 @@ def extract_features(
 
 
 def frame_windows(
-    feats: np.ndarray, n_frames: int, win: int = WINDOW, start: int = 0
+    feats: np.ndarray, n_frames: int, win: int = AUDIO_WINDOW, start: int = 0
 ) -> np.ndarray:
     """(n_frames, win, D): window k covers 50 Hz steps [2k - win/2, 2k + win/2), zero outside,
     for frames k = start ... start + n_frames - 1 (0-based).
@@ -127,7 +131,7 @@ def frame_windows(
     return padded[idx]
 
 
-def smooth_windows(windows: np.ndarray, size: int = SMOOTH) -> np.ndarray:
+def smooth_windows(windows: np.ndarray, size: int = AUDIO_SMOOTHING) -> np.ndarray:
     """(n_frames, size, win, D): frame f stacks windows f - size/2 ... f + size/2 - 1 (zero
     outside the clip), the AD-NeRF [f-4, f+4) convention of SPEC 1.3 step 5."""
     windows = np.asarray(windows, np.float32)
@@ -140,19 +144,20 @@ def smooth_windows(windows: np.ndarray, size: int = SMOOTH) -> np.ndarray:
 
 
 def smoothed_range(
-    feats: np.ndarray, n_frames: int, a: int, b: int, size: int = SMOOTH
+    feats: np.ndarray, n_frames: int, a: int, b: int, size: int = AUDIO_SMOOTHING
 ) -> np.ndarray:
     """(b - a, size, 16, D): rows a..b-1 of smooth_windows(frame_windows(feats, n_frames))."""
     half = size // 2
     lo, hi = max(0, a - half), min(n_frames, b + half)
-    wins = np.zeros((b - a + size, WINDOW, feats.shape[1]), np.float32)  # frames a-half...
+    # windows of frames a - half ... b + half - 1
+    wins = np.zeros((b - a + size, AUDIO_WINDOW, feats.shape[1]), np.float32)
     wins[lo - (a - half) : hi - (a - half)] = frame_windows(feats, hi - lo, start=lo)
     idx = np.arange(b - a)[:, None] + np.arange(size)[None, :]
     return wins[idx]
 
 
 def iter_smoothed(
-    feats: np.ndarray, n_frames: int, block: int = 256, size: int = SMOOTH
+    feats: np.ndarray, n_frames: int, block: int = 256, size: int = AUDIO_SMOOTHING
 ) -> Iterator[tuple[int, np.ndarray]]:
     """Yield (first frame, (b, size, 16, D) block) equal to smooth_windows(frame_windows(...))
     without holding the whole clip's (T, 8, 16, D) array (long clips, wide features)."""

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import re
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -11,15 +10,22 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from ldm.data.layout import (
+    AUDIO_SMOOTHING,
+    AUDIO_WINDOW,
+    EYES,
+    FEATURE_DIM,
+    KEY_PATTERN,
+    MIN_FRAMES_FOR_REFERENCE,
+    MOUTH,
+    N_LANDMARKS,
+    REFERENCE_MARGIN,
+    format_key,
+    read_data_txt,
+)
 from ldm.preprocessing.dataset import CLIP_DIRS, CLIP_EXT
 
 log = logging.getLogger(__name__)
-
-MOUTH = slice(48, 68)
-EYES = slice(36, 48)
-REFERENCE_MARGIN = 60  # the original draws references outside [f-60, f+60)
-MIN_FRAMES_FOR_REFERENCE = 2 * REFERENCE_MARGIN + 2  # shorter clips have frames with none
-KEY = re.compile(r"^(\d+)_(\d+)$")
 
 
 @dataclass
@@ -36,26 +42,10 @@ class CheckReport:
         return not self.errors
 
 
-def read_data_txt(path: Path, report: CheckReport) -> dict[int, int]:
-    """id -> N from data.txt, where line i belongs to id i+1 (SPEC 1.4)."""
-    counts = {}
-    for i, line in enumerate(path.read_text().splitlines()):
-        tok = line.split()
-        if len(tok) < 2 or not tok[1].lstrip("-").isdigit():
-            report.errors.append(f"{path}:{i + 1}: expected '<id> <frames>', got {line!r}")
-            continue
-        if tok[0] != str(i + 1):
-            report.warnings.append(
-                f"{path}:{i + 1}: first token {tok[0]!r} (line belongs to id {i + 1})"
-            )
-        counts[i + 1] = int(tok[1])
-    return counts
-
-
 def check_landmarks(pts: np.ndarray, size: int) -> str | None:
     """Why (68, 2) crop-space landmarks look wrong for a size x size image, or None."""
-    if pts.shape != (68, 2):
-        return f"shape {pts.shape}, expected (68, 2)"
+    if pts.shape != (N_LANDMARKS, 2):
+        return f"shape {pts.shape}, expected ({N_LANDMARKS}, 2)"
     if not np.isfinite(pts).all():
         return "non-finite values"
     mouth = pts[MOUTH]
@@ -77,10 +67,10 @@ def _check_clip(root: Path, vid: int, n: int, full: bool, report: CheckReport, d
     frames = range(1, n + 1) if full else sorted({1, n, *range(1, n + 1, max(1, n // 10))})
     for f in range(1, n + 1):
         for d in CLIP_DIRS:
-            if not (root / d / f"{vid}_{f}{CLIP_EXT[d]}").is_file():
+            if not (root / d / f"{format_key(vid, f)}{CLIP_EXT[d]}").is_file():
                 missing[d].append(f)
     for f in frames:
-        key = f"{vid}_{f}"
+        key = format_key(vid, f)
         try:
             with Image.open(root / "images" / f"{key}.jpg") as im:
                 sizes.add(im.size)
@@ -89,8 +79,9 @@ def _check_clip(root: Path, vid: int, n: int, full: bool, report: CheckReport, d
             if why:
                 bad.append(f"{key}.lms: {why}")
             arr = np.load(root / "audio_smooth" / f"{key}.npy", mmap_mode=None if full else "r")
-            if arr.ndim != 3 or arr.shape[:2] != (8, 16):
-                bad.append(f"{key}.npy: shape {arr.shape}, expected (8, 16, D)")
+            if arr.ndim != 3 or arr.shape[:2] != (AUDIO_SMOOTHING, AUDIO_WINDOW):
+                expected = f"({AUDIO_SMOOTHING}, {AUDIO_WINDOW}, D)"
+                bad.append(f"{key}.npy: shape {arr.shape}, expected {expected}")
             else:
                 dims[arr.shape[2]] += 1
                 if full and not np.isfinite(arr).all():
@@ -117,7 +108,7 @@ def check_lists(lists: list[Path], counts: dict[int, int], report: CheckReport) 
         keys = path.read_text().split()
         ids, bad = set(), []
         for k in keys:
-            m = KEY.match(k)
+            m = KEY_PATTERN.match(k)
             if not m or int(m[1]) not in counts or not 1 <= int(m[2]) <= counts[int(m[1])]:
                 bad.append(k)
             else:
@@ -143,7 +134,10 @@ def check_dataset(root: str | Path, lists: list[str | Path] = (), full: bool = T
     if not data_txt.is_file():
         report.errors.append(f"{data_txt}: missing")
         return report
-    counts = read_data_txt(data_txt, report)
+    parsed = read_data_txt(data_txt)
+    report.errors += parsed.errors
+    report.warnings += parsed.warnings
+    counts = parsed.counts
     dims, sizes = Counter(), set()
     for vid, n in counts.items():
         if n <= 0:
@@ -170,8 +164,10 @@ def _check_uniform(sizes: set, dims: Counter, report: CheckReport) -> None:
         report.warnings.append(f"several image sizes {sorted(sizes)} (all are resized to 256)")
     if len(dims) > 1:
         report.errors.append(f"audio_smooth files have different widths D: {dict(dims)}")
-    if dims and 29 not in dims:
-        report.warnings.append(f"audio feature width {list(dims)} (the original model uses 29)")
+    if dims and FEATURE_DIM not in dims:
+        report.warnings.append(
+            f"audio feature width {list(dims)} (the original model uses {FEATURE_DIM})"
+        )
     report.stats.update(image_sizes=sorted(sizes), audio_dims=sorted(dims))
 
 
@@ -191,5 +187,5 @@ def _check_orphans(root: Path, counts: dict[int, int], report: CheckReport) -> N
 
 def _orphan(stem: str, counts: dict[int, int]) -> bool:
     """True if '{id}_{frame}' is not covered by data.txt."""
-    m = KEY.match(stem)
+    m = KEY_PATTERN.match(stem)
     return not m or not 1 <= int(m[2]) <= counts.get(int(m[1]), 0)

@@ -109,6 +109,19 @@ def plan_crop(
     return np.stack([x0, y0, np.full_like(x0, side)], axis=1)
 
 
+def window_box(
+    window: tuple[int, int, int, int], width: int, height: int, n: int, scale: float = 1.0
+) -> np.ndarray:
+    """(n, 3) constant box from a fixed (x, y, w, h) window such as HDTF's crop_wh, in pixels
+    multiplied by `scale` (frame height / the height the window was drawn at), squared to
+    side max(w, h) around its centre and clamped inside the frame."""
+    x, y, w, h = (v * scale for v in window)
+    side = int(round(min(max(w, h), width, height)))
+    x0 = int(np.clip(round(x + w / 2 - side / 2), 0, width - side))
+    y0 = int(np.clip(round(y + h / 2 - side / 2), 0, height - side))
+    return np.tile(np.array([x0, y0, side]), (n, 1))
+
+
 def crop_frame(frame: np.ndarray, box: np.ndarray, size: int) -> np.ndarray:
     """Cut the square box (x0, y0, side) out of an (H, W, 3) frame and resize to size x size."""
     x0, y0, side = (int(v) for v in box)

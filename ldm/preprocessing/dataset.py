@@ -16,6 +16,8 @@ import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from ldm.data.layout import FPS, format_data_txt, format_key
+
 log = logging.getLogger(__name__)
 
 CLIP_DIRS = ("images", "landmarks", "audio_smooth")
@@ -47,7 +49,7 @@ class ClipMeta:
     size: int  # side of the saved square frames
     box: list[int] | None  # (x0, y0, side) in source pixels when constant over the clip
     boxes: list[list[int]] | None = None  # per-frame (x0, y0, side) for crop mode 'track'
-    fps: float = 25.0
+    fps: float = FPS
     crop_mode: str = "fixed"
     invalid_frames: list[list[int]] = field(default_factory=list)  # [first, last], 1-based
     landmarker: str = "dlib"
@@ -211,16 +213,13 @@ def write_lists(
         m = ClipMeta.load(p)
         metas[m.id] = m
     max_id = max(metas, default=0)
-    data_lines = []
-    for vid in range(1, max_id + 1):
-        n = metas[vid].n_frames if vid in metas else 0
-        data_lines.append(f"{vid} {n}")
     missing = [vid for vid in range(1, max_id + 1) if vid not in metas]
     if missing:
         log.warning("ids without frames (failed or not yet processed): %s", _ranges(set(missing)))
-    atomic_write_text(root / "data.txt", "".join(f"{ln}\n" for ln in data_lines))
+    counts = {vid: m.n_frames for vid, m in metas.items()}
+    atomic_write_text(root / "data.txt", format_data_txt(counts))
     test = choose_test_ids(metas, test_ids, test_videos, test_fraction)
-    keys = {vid: [f"{vid}_{f}" for f in m.valid_frames()] for vid, m in sorted(metas.items())}
+    keys = {vid: [format_key(vid, f) for f in m.valid_frames()] for vid, m in sorted(metas.items())}
     train_keys = [k for vid, ks in keys.items() if vid not in test for k in ks]
     test_keys = [k for vid, ks in keys.items() if vid in test for k in ks]
     atomic_write_text(train_list, "".join(f"{k}\n" for k in train_keys))

@@ -11,9 +11,10 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from ldm.data.layout import N_LANDMARKS
+
 log = logging.getLogger(__name__)
 
-N_LANDMARKS = 68
 DLIB_PREDICTOR = "shape_predictor_68_face_landmarks.dat"
 
 
@@ -181,19 +182,25 @@ FAN_HELP = (
     "(this machine cannot download them at run time).\n"
     "  1. pip install face-alignment   (it pulls torchvision; install the torchvision build "
     "matching your torch)\n"
-    '  2. on a machine with internet run once:  python -c "import face_alignment as fa; '
-    "fa.FaceAlignment(fa.LandmarksType.TWO_D, device='cpu')\"\n"
-    "  3. copy the downloaded 2DFAN4*.zip and s3fd*.pth from ~/.cache/torch/hub/checkpoints/ "
-    "into {dir}\n"
+    "  2. on a machine with internet:  python scripts/download_models.py fan   (it puts the "
+    "weights in models/fan/checkpoints, where --landmarker fan looks first)\n"
+    "  or copy 2DFAN4*.zip and s3fd*.pth (from face-alignment's first run, in "
+    "~/.cache/torch/hub/checkpoints/) into {dir}\n"
     "     (or pass --fan-model-dir DIR where DIR/checkpoints holds them).\n"
     "Without them use the default --landmarker dlib, which works offline."
 )
 
 
 def _load_fan(device: str, model_dir: str | Path | None):
-    """Build face_alignment.FaceAlignment from locally cached weights, or explain how to."""
+    """Build face_alignment.FaceAlignment from locally cached weights, or explain how to.
+    Without `model_dir`, models/fan (where scripts/download_models.py fan puts them) when it
+    exists, else torch.hub's own folder."""
     import torch
 
+    from ldm.download.models import DEFAULT_FAN_DIR
+
+    if model_dir is None and (DEFAULT_FAN_DIR / "checkpoints").is_dir():
+        model_dir = DEFAULT_FAN_DIR
     if model_dir is not None:
         torch.hub.set_dir(str(model_dir))
     ckpt = Path(torch.hub.get_dir()) / "checkpoints"

@@ -18,16 +18,15 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
+from ldm.data.layout import FPS, MIN_FRAMES_FOR_REFERENCE, REFERENCE_MARGIN, format_key
 from ldm.preprocessing import audio_features as af
-from ldm.preprocessing.check import MIN_FRAMES_FOR_REFERENCE
-from ldm.preprocessing.crop import crop_frame, fill_gaps, plan_crop, to_crop_coords
+from ldm.preprocessing.crop import crop_frame, fill_gaps, plan_crop, to_crop_coords, window_box
 from ldm.preprocessing.dataset import CLIP_DIRS, CLIP_EXT, ClipMeta, meta_path
 from ldm.preprocessing.landmarks import Landmarker, make_landmarker
 from ldm.preprocessing.video import VideoError, VideoInfo, extract_audio, iter_frames, probe
 
 log = logging.getLogger(__name__)
 
-FPS = 25.0
 JPEG_QUALITY = 95
 WORK_DIRS = (*CLIP_DIRS, "audio", "features")
 
@@ -46,8 +45,11 @@ class PreprocessOptions:
     audio_features: str | None = "logmel"  # None: no audio needed (e.g. a portrait to animate)
     audio_model: str | None = None  # local model folder (wav2vec2/hubert/whisper)
     features_dir: str | None = None  # deepspeech: folder of {video_stem}.npy arrays
-    crop_mode: str = "fixed"  # fixed | track
+    crop_mode: str = "fixed"  # fixed | track | hdtf (crop_windows) | hdtf-ratio (crop_ratios)
     crop_scale: float = 1.8
+    # HDTF's crops by video stem: (x, y, w, h, height the window was drawn at or None) and ratios
+    crop_windows: dict[str, tuple] = field(default_factory=dict)
+    crop_ratios: dict[str, float] = field(default_factory=dict)
     max_gap: int = 12  # frames without a face filled by interpolation (0.48 s)
     max_missing: float = 0.25  # fail the clip above this fraction of faceless frames
     max_frames: int | None = None  # keep at most this many frames (original lists: 1499)
@@ -168,13 +170,35 @@ def _plan(path: Path, lms: np.ndarray, info: VideoInfo, opts: PreprocessOptions)
     if len(lms) < MIN_FRAMES_FOR_REFERENCE:
         warnings.append(
             f"{path}: only {len(lms)} frames; the original training loader needs "
-            f"{MIN_FRAMES_FOR_REFERENCE}+ to draw a reference frame outside +/-60 frames"
+            f"{MIN_FRAMES_FOR_REFERENCE}+ to draw a reference frame outside "
+            f"+/-{REFERENCE_MARGIN} frames"
         )
     short = int(missing.sum()) - sum(g.length for g in long_gaps)
     if short:
         log.info("%s: interpolated landmarks in %d faceless frame(s)", path, short)
-    boxes = plan_crop(filled, info.width, info.height, mode=opts.crop_mode, scale=opts.crop_scale)
+    if opts.crop_mode.startswith("hdtf"):
+        boxes = _hdtf_boxes(path, filled, info, opts)
+    else:
+        boxes = plan_crop(filled, info.width, info.height, opts.crop_mode, opts.crop_scale)
     return filled, boxes, long_gaps, warnings
+
+
+def _hdtf_boxes(path: Path, lms: np.ndarray, info: VideoInfo, opts: PreprocessOptions):
+    """HDTF's own crop of a clip: its crop_wh window ('hdtf'), or the fixed landmark crop with
+    its side scaled by the clip's crop_ratio ('hdtf-ratio'); ClipError if the clip has none."""
+    from ldm.download.hdtf import clip_key
+
+    stem = clip_key(Path(path).name)
+    if opts.crop_mode == "hdtf":
+        if stem not in opts.crop_windows:
+            raise ClipError(f"{path}: no crop window for {stem} in HDTF's crop_wh (--crop hdtf)")
+        *window, drawn_at = opts.crop_windows[stem]
+        scale = info.height / drawn_at if drawn_at else 1.0
+        return window_box(tuple(window), info.width, info.height, len(lms), scale)
+    if stem not in opts.crop_ratios:
+        raise ClipError(f"{path}: no ratio for {stem} in HDTF's crop_ratio (--crop hdtf-ratio)")
+    scale = opts.crop_scale * opts.crop_ratios[stem]
+    return plan_crop(lms, info.width, info.height, "fixed", scale)
 
 
 def _write_frames(
@@ -270,7 +294,8 @@ def commit_clip(work: str | Path, root: str | Path, vid: int, result: ClipResult
     for sub in WORK_DIRS:
         (root / sub).mkdir(parents=True, exist_ok=True)
         for p in (work / sub).iterdir():
-            name = f"{vid}_{p.name}" if sub in CLIP_DIRS else f"{vid}{p.suffix}"
+            stem = format_key(vid, int(p.stem)) if sub in CLIP_DIRS else str(vid)
+            name = f"{stem}{p.suffix}"
             os.replace(p, root / sub / name)
     result.meta.id = result.id = vid
     result.meta.save(meta_path(root, vid))

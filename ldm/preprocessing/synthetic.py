@@ -12,6 +12,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from ldm.data.layout import FPS, SAMPLE_RATE
 from ldm.preprocessing.video import VideoError, _ffmpeg_reason, ffmpeg_exe
 
 HEAD_BOX = (90, 30, 360, 300)  # (x0, y0, x1, y1) head-and-shoulders square in astronaut()
@@ -48,7 +49,7 @@ def head_image() -> np.ndarray:
     return np.ascontiguousarray(data.astronaut()[y0:y1, x0:x1])
 
 
-def speech_like_audio(seconds: float, sr: int = 16000, seed: int = 0) -> np.ndarray:
+def speech_like_audio(seconds: float, sr: int = SAMPLE_RATE, seed: int = 0) -> np.ndarray:
     """Float32 mono 'voice': harmonics of a 140 Hz pitch with a syllable-rate loudness envelope."""
     rng = np.random.default_rng(seed)
     t = np.arange(int(seconds * sr)) / sr
@@ -100,9 +101,9 @@ def _paste(canvas: np.ndarray, img: np.ndarray, x: int, y: int) -> None:
 def encode(
     path: str | Path,
     frames: np.ndarray,
-    fps: float = 25.0,
+    fps: float = FPS,
     audio: np.ndarray | None = None,
-    sr: int = 16000,
+    sr: int = SAMPLE_RATE,
     vfr_slowdown_after: int | None = None,
 ) -> Path:
     """Encode frames (+ optional mono audio) with the codec implied by the suffix.
@@ -151,7 +152,7 @@ def encode(
 def make_face_video(
     path: str | Path,
     seconds: float = 2.0,
-    fps: float = 25.0,
+    fps: float = FPS,
     width: int = 320,
     height: int = 240,
     face_px: int = 90,

@@ -6,8 +6,8 @@ import logging
 
 import numpy as np
 
+from ldm.data.layout import N_LANDMARKS
 from ldm.preprocessing.landmarks import (
-    N_LANDMARKS,
     DlibLandmarker,
     _box_center,
     _to_gray,

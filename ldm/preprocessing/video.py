@@ -14,6 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ldm.data.layout import FPS, SAMPLE_RATE
+
 log = logging.getLogger(__name__)
 
 PathLike = str | Path
@@ -116,7 +118,7 @@ def _parse_fps(stream_desc: str) -> float:
 
 def iter_frames(
     path: PathLike,
-    fps: float | None = 25.0,
+    fps: float | None = FPS,
     max_frames: int | None = None,
     info: VideoInfo | None = None,
     start: int = 0,
@@ -176,7 +178,7 @@ def _pipe_frames(
 
 
 def read_frames(
-    path: PathLike, fps: float | None = 25.0, max_frames: int | None = None
+    path: PathLike, fps: float | None = FPS, max_frames: int | None = None
 ) -> np.ndarray:
     """Decode a video to a (T, H, W, 3) uint8 RGB array at constant `fps` (None = native)."""
     frames = list(iter_frames(path, fps=fps, max_frames=max_frames))
@@ -185,7 +187,7 @@ def read_frames(
     return np.stack(frames)
 
 
-def extract_audio(path: PathLike, wav_path: PathLike, sr: int = 16000) -> Path:
+def extract_audio(path: PathLike, wav_path: PathLike, sr: int = SAMPLE_RATE) -> Path:
     """Write the first audio stream of `path` as a mono 16-bit PCM wav at `sr` Hz (atomic)."""
     p = _check_file(path)
     info = probe(p)
@@ -204,7 +206,7 @@ def extract_audio(path: PathLike, wav_path: PathLike, sr: int = 16000) -> Path:
     return out
 
 
-def load_audio(path: PathLike, sr: int = 16000) -> np.ndarray:
+def load_audio(path: PathLike, sr: int = SAMPLE_RATE) -> np.ndarray:
     """Decode the first audio stream of any media file to float32 mono in [-1, 1] at `sr` Hz."""
     p = _check_file(path)
     if not probe(p).has_audio:
@@ -312,7 +314,7 @@ class VideoEncoder:
 def write_video(
     path: PathLike,
     frames: np.ndarray,
-    fps: float = 25.0,
+    fps: float = FPS,
     audio_path: PathLike | None = None,
 ) -> Path:
     """Encode (T, H, W, 3) uint8 RGB frames as H.264 yuv420p mp4 (+AAC audio), temp then rename."""

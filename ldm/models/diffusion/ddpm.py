@@ -14,10 +14,12 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
+from ldm.models.diffusion import augment
 from ldm.models.diffusion import mouth_window as mw
 from ldm.models.diffusion.image_logging import log_talking_images
 from ldm.models.diffusion.latent_cache import FirstStageCache
 from ldm.models.diffusion.reference_align import align_references
+from ldm.models.diffusion.sizes import check_sizes
 from ldm.models.diffusion.wrapper import Cond, DiffusionWrapper
 from ldm.modules.diffusionmodules.util import extract_into_tensor, make_beta_schedule
 from ldm.modules.distributions import DiagonalGaussianDistribution
@@ -37,11 +39,9 @@ class DDPM(pl.LightningModule):
         self,
         unet_config: Any,
         timesteps: int = 1000,
-        beta_schedule: str = "linear",
         linear_start: float = 1e-4,
         linear_end: float = 2e-2,
-        parameterization: str = "eps",
-        loss_type: str = "l2",
+        parameterization: str = "eps",  # the only one: the DDIM and DPM-Solver samplers assume it
         use_ema: bool = True,
         ema_decay: float = 0.9999,
         l_simple_weight: float = 1.0,
@@ -55,10 +55,12 @@ class DDPM(pl.LightningModule):
         monitor: str | None = None,
     ) -> None:
         super().__init__()
-        if parameterization not in ("eps", "x0"):
-            raise ValueError(f"parameterization must be 'eps' or 'x0', got {parameterization!r}")
+        if parameterization != "eps":
+            raise ValueError(
+                f"model.params.parameterization must be 'eps' (the samplers predict noise), "
+                f"got {parameterization!r}"
+            )
         self.parameterization = parameterization
-        self.loss_type = loss_type
         self.image_size = image_size
         self.channels = channels
         self.l_simple_weight = l_simple_weight
@@ -72,20 +74,16 @@ class DDPM(pl.LightningModule):
         self.use_ema = use_ema
         if use_ema:
             self.model_ema = LitEma(self.model, decay=ema_decay)
-        self.register_schedule(beta_schedule, timesteps, linear_start, linear_end)
+        self.register_schedule(timesteps, linear_start, linear_end)
 
-    def register_schedule(
-        self, beta_schedule: str, timesteps: int, linear_start: float, linear_end: float
-    ) -> None:
+    def register_schedule(self, timesteps: int, linear_start: float, linear_end: float) -> None:
         """Register the schedule buffers (float32) and the VLB weights of eps prediction."""
-        betas = make_beta_schedule(beta_schedule, timesteps, linear_start, linear_end)
+        betas = make_beta_schedule(timesteps, linear_start, linear_end)
         alphas_cumprod = np.cumprod(1.0 - betas)
         alphas_cumprod_prev = np.append(1.0, alphas_cumprod[:-1])
         posterior_variance = betas * (1.0 - alphas_cumprod_prev) / (1.0 - alphas_cumprod)
         with np.errstate(divide="ignore"):
             lvlb = betas**2 / (2 * posterior_variance * (1.0 - betas) * (1 - alphas_cumprod))
-        if self.parameterization == "x0":
-            lvlb = 0.5 * np.sqrt(alphas_cumprod) / (2.0 * (1 - alphas_cumprod))
         lvlb[0] = lvlb[1]
         self.num_timesteps = int(timesteps)
         for name, value in {
@@ -137,13 +135,7 @@ class DDPM(pl.LightningModule):
         """Simple (eps) loss, plus the weightless-by-default VLB term; ``weight`` scales pixels."""
         noise = default(noise, lambda: torch.randn_like(x_start))
         model_out = self.apply_model(self.q_sample(x_start, t, noise), t, cond)
-        target = noise if self.parameterization == "eps" else x_start
-        if self.loss_type == "l2":
-            err = (model_out - target) ** 2
-        elif self.loss_type == "l1":
-            err = (model_out - target).abs()
-        else:
-            raise ValueError(f"unknown loss_type {self.loss_type!r}")
+        err = (model_out - noise) ** 2
         if weight is not None:
             err = err * weight
         loss_simple = mean_flat(err)  # (B,)
@@ -234,6 +226,8 @@ class LatentDiffusion(DDPM):
         # (original: as it is; ldm/models/diffusion/reference_align.py)
         mouth_window: int | None = None,  # UNet on a W x W latent window at the mouth (None:
         # the whole latent, as the original; ldm/models/diffusion/mouth_window.py)
+        window_jitter: int = 0,  # training augmentations (ldm/models/diffusion/augment.py):
+        appearance_jitter: float = 0.0,  # window moves / colour changes; 0 = off (original)
         ckpt_path: str | None = None,
         ignore_keys: tuple[str, ...] = (),
         **kwargs: Any,
@@ -254,12 +248,22 @@ class LatentDiffusion(DDPM):
                 f"{self.image_size} (model.params.image_size)"
             )
         self.mouth_window = mouth_window
+        self.window_jitter = window_jitter
+        self.appearance_jitter = appearance_jitter
         self.align_reference = align_reference
         self.first_stage_model = instantiate_from_config(first_stage_config).eval()
         self.first_stage_model.requires_grad_(False)
         self.cond_stage_model_for_audio = instantiate_from_config(audio_config)
         self.cond_stage_model_for_audio_smooth = instantiate_from_config(audio_attention_config)
         self.cond_stage_model_for_ldm = instantiate_from_config(landmark_config)
+        check_sizes(
+            self.model.diffusion_model,
+            self.first_stage_model,
+            self.cond_stage_model_for_audio,
+            self.cond_stage_model_for_audio_smooth,
+            self.cond_stage_model_for_ldm,
+            channels=self.channels,
+        )
         if ckpt_path is not None:
             self.init_from_ckpt(ckpt_path, ignore_keys)
 
@@ -378,10 +382,16 @@ class LatentDiffusion(DDPM):
             )  # (B, 1, h, w): 1 where the frame is masked
             weight = 1.0 + (self.mask_loss_weight - 1.0) * region
         cond = self.get_learned_conditioning(batch)
+        if self.training and self.appearance_jitter:
+            if not self.scale_condition_latents:
+                raise ValueError("model.params.appearance_jitter needs scale_condition_latents")
+            z, cond = augment.jitter_appearance(z, cond, self.appearance_jitter)
         corners = self.window_corners(batch)
         if corners is None:
             return z, cond, weight
         w = self.mouth_window
+        if self.training and self.window_jitter:
+            corners = augment.jitter_corners(corners, self.window_jitter, self.image_size - w)
         weight = None if weight is None else mw.crop(weight, corners, w)
         return mw.crop(z, corners, w), mw.crop_condition(cond, corners, w), weight
 

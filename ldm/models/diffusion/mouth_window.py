@@ -17,9 +17,11 @@ from typing import Any
 
 import torch
 
+from ldm.data import layout
+
 logger = logging.getLogger(__name__)
 
-NOSE_TIP = 21  # landmark 30 within the 39 upper-face landmarks of a batch (ldm.data.talk)
+NOSE_TIP = layout.upper_face_index(layout.NOSE_TIP)  # within a batch's 39 upper-face landmarks
 NOSE_ROWS_ABOVE = 6  # window top, in latent cells above the nose tip (keeps the nose in view)
 LATENT_KEYS = ("masked_latent", "reference_latent")
 

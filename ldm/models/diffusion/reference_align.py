@@ -14,9 +14,10 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-# the eyes (36..47) and the nose (27..35) within the 39 upper-face landmarks of a batch
-# (ldm.data.talk.UPPER_FACE_LANDMARKS = 0..3, 13..47)
-STABLE_POINTS = tuple(range(4 + 27 - 13, 4 + 48 - 13))
+from ldm.data.layout import EYES, NOSE, upper_face_index
+
+# the nose and the eyes within the 39 upper-face landmarks of a batch
+STABLE_POINTS = tuple(upper_face_index(i) for i in (*NOSE, *EYES))
 
 
 def similarity(src: torch.Tensor, dst: torch.Tensor) -> torch.Tensor:

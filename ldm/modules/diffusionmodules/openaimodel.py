@@ -99,6 +99,8 @@ class UNetModel(nn.Module):
         if not use_spatial_transformer:
             raise ValueError("DiffTalk's UNetModel needs use_spatial_transformer: true")
         self.image_size = image_size
+        self.in_channels, self.out_channels = in_channels, out_channels
+        self.context_dim = context_dim
         self.model_channels = model_channels
         time_embed_dim = model_channels * 4
         self.time_embed = nn.Sequential(

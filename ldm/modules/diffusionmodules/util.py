@@ -10,16 +10,11 @@ from torch import nn
 
 
 def make_beta_schedule(
-    schedule: str, n_timestep: int, linear_start: float = 1e-4, linear_end: float = 2e-2
+    n_timestep: int, linear_start: float = 1e-4, linear_end: float = 2e-2
 ) -> np.ndarray:
-    """Beta schedule as float64 (T,). "linear" is LDM's: squares of a linspace of square roots."""
-    if schedule == "linear":
-        return np.linspace(linear_start**0.5, linear_end**0.5, n_timestep, dtype=np.float64) ** 2
-    if schedule == "cosine":
-        steps = np.arange(n_timestep + 1, dtype=np.float64) / n_timestep + 8e-3
-        alphas = np.cos(steps / (1 + 8e-3) * math.pi / 2) ** 2
-        return np.clip(1 - alphas[1:] / alphas[:-1], 0, 0.999)
-    raise ValueError(f"unknown beta schedule {schedule!r}; expected 'linear' or 'cosine'")
+    """LDM's "linear" beta schedule, the one DiffTalk uses, as float64 (T,): the squares of a
+    linspace of square roots."""
+    return np.linspace(linear_start**0.5, linear_end**0.5, n_timestep, dtype=np.float64) ** 2
 
 
 def timestep_embedding(timesteps: torch.Tensor, dim: int, max_period: int = 10000) -> torch.Tensor:

@@ -7,6 +7,8 @@ import math
 import torch
 from torch import nn
 
+from ldm.data.layout import AUDIO_SMOOTHING, AUDIO_WINDOW, FEATURE_DIM, UPPER_FACE_LANDMARKS
+
 LEAKY_SLOPE = 0.02
 
 
@@ -17,7 +19,9 @@ def _leaky() -> nn.Module:
 class AudioNet(nn.Module):
     """Encode one audio window (N, win_size, feature_dim) -> (N, dim_aud) with strided 1D convs."""
 
-    def __init__(self, dim_aud: int = 64, win_size: int = 16, feature_dim: int = 29) -> None:
+    def __init__(
+        self, dim_aud: int = 64, win_size: int = AUDIO_WINDOW, feature_dim: int = FEATURE_DIM
+    ) -> None:
         super().__init__()
         n_convs = int(math.log2(win_size))  # each stride-2 conv halves the window down to 1
         if win_size < 4 or 2**n_convs != win_size:
@@ -27,6 +31,8 @@ class AudioNet(nn.Module):
         for c_in, c_out in zip(widths[:-1], widths[1:], strict=True):
             layers += [nn.Conv1d(c_in, c_out, kernel_size=3, stride=2, padding=1), _leaky()]
         self.win_size = win_size
+        self.feature_dim = feature_dim
+        self.dim_aud = dim_aud
         self.encoder_conv = nn.Sequential(*layers)  # (N, D, win) -> (N, 64, 1)
         self.encoder_fc1 = nn.Sequential(nn.Linear(64, 64), _leaky(), nn.Linear(64, dim_aud))
 
@@ -43,7 +49,7 @@ class AudioAttNet(nn.Module):
     of its 64 channels (SPEC 4.2), a faithful port must keep.
     """
 
-    def __init__(self, dim_aud: int = 32, seq_len: int = 8) -> None:
+    def __init__(self, dim_aud: int = 32, seq_len: int = AUDIO_SMOOTHING) -> None:
         super().__init__()
         self.dim_aud = dim_aud
         self.seq_len = seq_len
@@ -64,8 +70,9 @@ class AudioAttNet(nn.Module):
 class LdmNet(nn.Module):
     """Encode the (mouth-free) landmarks (B, n_points, 2) -> (B, dim_out) with an MLP."""
 
-    def __init__(self, n_points: int = 39, dim_out: int = 64) -> None:
+    def __init__(self, n_points: int = len(UPPER_FACE_LANDMARKS), dim_out: int = 64) -> None:
         super().__init__()
+        self.dim_out = dim_out
         self.encoder_fc1 = nn.Sequential(
             nn.Linear(2 * n_points, 128),
             _leaky(),

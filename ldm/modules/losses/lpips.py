@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import torch
@@ -21,7 +21,7 @@ VGG16_LAYOUT = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "
 # `features` indices of relu1_2, relu2_2, relu3_3, relu4_3, relu5_3
 LPIPS_TAPS = (3, 8, 15, 22, 29)
 LPIPS_CHANNELS = (64, 128, 256, 512, 512)
-LPIPS_SHIFT = (-0.030, -0.088, -0.188)  # input normalisation of the LPIPS VGG
+LPIPS_SHIFT = (-0.030, -0.088, -0.188)  # LPIPS's ScalingLayer: ImageNet statistics in [-1, 1]
 LPIPS_SCALE = (0.458, 0.448, 0.450)
 # Keys a weights file may hold that are no parameters here (torchvision head, LPIPS constants).
 _IGNORED_PREFIXES = ("classifier.", "scaling_layer.")
@@ -53,12 +53,12 @@ class VGG16Features(nn.Module):
 
 
 class NetLinLayer(nn.Module):
-    """1x1 conv with no bias to one channel; `model.1` matches the LPIPS key names."""
+    """LPIPS's learned channel weights: dropout, then a 1x1 conv to one channel without bias
+    (``model.1`` matches the LPIPS key names). The dropout is inactive: LPIPS stays in eval."""
 
     def __init__(self, chn_in: int) -> None:
         super().__init__()
-        # Index 0 is LPIPS's dropout, inactive in this frozen eval-only copy.
-        self.model = nn.Sequential(nn.Identity(), nn.Conv2d(chn_in, 1, kernel_size=1, bias=False))
+        self.model = nn.Sequential(nn.Dropout(), nn.Conv2d(chn_in, 1, kernel_size=1, bias=False))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, C, H, W) -> (B, 1, H, W)."""
@@ -70,32 +70,48 @@ def _unit_normalize(x: torch.Tensor, eps: float = 1e-10) -> torch.Tensor:
     return x / (torch.sqrt(torch.sum(x**2, dim=1, keepdim=True)) + eps)
 
 
-class LPIPS(nn.Module):
-    """Frozen LPIPS distance: (B, 3, H, W) x2 in [-1, 1] -> (B, 1, 1, 1)."""
+class LPIPSHead(nn.Module):
+    """Frozen LPIPS distance (Zhang et al. 2018, "lin") over the feature taps of a backbone:
+    the backbone is ``net`` (forward -> one map per tap), ``channels`` the widths of its taps.
 
-    def __init__(self) -> None:
+    Shared by the VGG16 loss here and the AlexNet metric (ldm.evaluation.lpips).
+    """
+
+    def __init__(self, net: nn.Module, channels: Sequence[int]) -> None:
         super().__init__()
         self.register_buffer("shift", torch.tensor(LPIPS_SHIFT).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("scale", torch.tensor(LPIPS_SCALE).view(1, 3, 1, 1), persistent=False)
-        self.net = VGG16Features()
-        for k, channels in enumerate(LPIPS_CHANNELS):
-            self.add_module(f"lin{k}", NetLinLayer(channels))
+        self.net = net
+        for k, width in enumerate(channels):
+            self.add_module(f"lin{k}", NetLinLayer(width))
         self.requires_grad_(False)
         self.eval()
 
-    def train(self, mode: bool = True) -> LPIPS:
+    def train(self, mode: bool = True) -> LPIPSHead:
         """Stay in eval mode whatever the parent does: this is a fixed metric network."""
         return super().train(False)
 
     def forward(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        """Perceptual distance per sample: (B, 3, H, W), (B, 3, H, W) -> (B, 1, 1, 1)."""
+        """(B,) distances of (B, 3, H, W) pairs in [-1, 1]: over the taps, the spatial mean of
+        the channel-weighted squared difference of unit-normalised features."""
         feats0 = self.net((input - self.shift) / self.scale)
         feats1 = self.net((target - self.shift) / self.scale)
-        total = 0.0
+        total = torch.zeros(input.shape[0], device=input.device)
         for k, (f0, f1) in enumerate(zip(feats0, feats1, strict=True)):
             diff = (_unit_normalize(f0) - _unit_normalize(f1)) ** 2
-            total = total + getattr(self, f"lin{k}")(diff).mean(dim=[2, 3], keepdim=True)
+            total = total + getattr(self, f"lin{k}")(diff).mean(dim=(1, 2, 3))
         return total
+
+
+class LPIPS(LPIPSHead):
+    """Frozen VGG16 LPIPS for the first-stage loss: (B, 3, H, W) x2 in [-1, 1] -> (B, 1, 1, 1)."""
+
+    def __init__(self) -> None:
+        super().__init__(VGG16Features(), LPIPS_CHANNELS)
+
+    def forward(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """Perceptual distance per sample, (B, 1, 1, 1) to broadcast over a loss map."""
+        return super().forward(input, target)[:, None, None, None]
 
 
 def to_lpips_keys(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -1,0 +1,56 @@
+"""Construction-time size checks of LatentDiffusion: the sub-configs must fit together."""
+
+from __future__ import annotations
+
+from torch import nn
+
+UNET = "model.params.unet_config.params"
+P = "model.params"
+
+
+def size_mismatches(
+    unet: nn.Module,  # UNetModel
+    first_stage: nn.Module,  # VQModelInterface | AutoencoderKL (embed_dim = latent channels)
+    audio: nn.Module,  # AudioNet
+    audio_attention: nn.Module,  # AudioAttNet
+    landmarks: nn.Module,  # LdmNet
+    channels: int,  # model.params.channels
+) -> list[str]:
+    """Every size of one sub-config that another does not match, named by its config keys."""
+    latent = first_stage.embed_dim
+    context = audio.dim_aud + landmarks.dim_out  # one token [audio ‖ landmarks] (SPEC 4.3)
+    checks = [
+        (
+            unet.context_dim == context,
+            f"{UNET}.context_dim = {unet.context_dim}, but {P}.audio_config.params.dim_aud "
+            f"({audio.dim_aud}) + {P}.landmark_config.params.dim_out ({landmarks.dim_out}) "
+            f"= {context}",
+        ),
+        (
+            unet.in_channels == 3 * latent,
+            f"{UNET}.in_channels = {unet.in_channels}, but [noisy, masked, reference] latents "
+            f"are 3 x {P}.first_stage_config.params.embed_dim ({latent}) = {3 * latent}",
+        ),
+        (
+            unet.out_channels == latent,
+            f"{UNET}.out_channels = {unet.out_channels}, but the latent has "
+            f"{P}.first_stage_config.params.embed_dim = {latent} channels",
+        ),
+        (
+            channels == latent,
+            f"{P}.channels = {channels}, but {P}.first_stage_config.params.embed_dim = {latent}",
+        ),
+        (
+            audio_attention.dim_aud <= audio.dim_aud,
+            f"{P}.audio_attention_config.params.dim_aud = {audio_attention.dim_aud} exceeds "
+            f"{P}.audio_config.params.dim_aud = {audio.dim_aud} (it reads the first channels)",
+        ),
+    ]
+    return [message for ok, message in checks if not ok]
+
+
+def check_sizes(*modules: nn.Module, channels: int) -> None:
+    """Raise one ValueError listing every mismatch of ``size_mismatches``."""
+    problems = size_mismatches(*modules, channels=channels)
+    if problems:
+        raise ValueError("model config sizes do not fit together:\n- " + "\n- ".join(problems))
