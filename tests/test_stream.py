@@ -111,7 +111,7 @@ def test_split_mode_resumes_per_clip(tiny, tmp_path, monkeypatch):
     monkeypatch.setattr(ChunkStore, "commit", commit)
     assert not (resumed / "2.mp4").exists() and not (resumed / "2_side_by_side.mp4").exists()
     assert INFERENCE.main([str(a) for a in [*argv, "--outdir", resumed]]) == 0
-    for name in ("2.mp4", "2_side_by_side.mp4"):
+    for name in ("2.mp4", "2_truth.mp4", "2_side_by_side.mp4"):
         a, b = read_frames(whole / name, fps=None), read_frames(resumed / name, fps=None)
         assert len(a) == 8 and np.array_equal(a, b)
 
