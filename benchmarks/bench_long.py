@@ -9,7 +9,8 @@ the weights), by default shrunk to 64 px frames so that minutes of speech render
 2-core CPU; --frame 128 keeps its own size. The portrait is a 2 s synthetic 1080x1920 video, so
 longer speech ping-pongs over it. Every render runs in its own process, started from a small
 launcher; its peak RSS is the kernel's ru_maxrss of the launcher's children, i.e. of the largest
-of the rendering Python process and its ffmpeg encoders.
+of the rendering Python process and its ffmpeg encoders. The sh mode runs inference.sh, which
+sets up .venv on first use (scripts/setup_env.sh).
 """
 
 from __future__ import annotations
