@@ -35,7 +35,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--batch-size", type=int, default=8, help="frames sampled together")
     p.add_argument("--max-seconds", type=float, default=MAX_SECONDS, help="longest speech")
-    p.add_argument("--audio-features", choices=FEATURE_KINDS, default="logmel")
+    p.add_argument(
+        "--audio-features",
+        choices=FEATURE_KINDS,
+        help="what the model was trained on (default: by its feature width, 29 log-mel, "
+        "384 whisper)",
+    )
     p.add_argument("--audio-model", help="local model folder for wav2vec2/hubert/whisper")
     p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
     p.add_argument("-v", "--verbose", action="store_true")

@@ -52,7 +52,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     g.add_argument("--out", type=Path, help="result .mp4")
     g.add_argument("--frames-dir", type=Path, help="also save the full-size frames as PNG here")
     g.add_argument("--loop", choices=LOOP_MODES, default="pingpong", help="when speech is longer")
-    g.add_argument("--audio-features", choices=FEATURE_KINDS, default="logmel")
+    g.add_argument(
+        "--audio-features",
+        choices=FEATURE_KINDS,
+        help="what the model was trained on (default: by its feature width, 29 log-mel, "
+        "384 whisper)",
+    )
     g.add_argument("--audio-model", help="local model folder for wav2vec2/hubert/whisper")
     g.add_argument("--landmarker", choices=("dlib", "fan"), default="dlib")
     g.add_argument("--crop", choices=("fixed", "track"), default="fixed")

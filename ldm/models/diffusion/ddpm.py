@@ -1,14 +1,12 @@
-"""DDPM (schedule, noising, eps loss, EMA, optimiser) and LatentDiffusion for talking heads."""
+"""LatentDiffusion for talking heads, on DDPM (ldm/models/diffusion/gaussian.py, re-exported here
+as LDM has it: configs and readers find `ldm.models.diffusion.ddpm.DDPM`)."""
 
 from __future__ import annotations
 
 import logging
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-import lightning.pytorch as pl
-import numpy as np
 import torch
 import torch.nn.functional as F
 from einops import rearrange
@@ -16,190 +14,20 @@ from torch import nn
 
 from ldm.models.diffusion import augment
 from ldm.models.diffusion import mouth_window as mw
+from ldm.models.diffusion.gaussian import DDPM
 from ldm.models.diffusion.image_logging import log_talking_images
 from ldm.models.diffusion.latent_cache import FirstStageCache
 from ldm.models.diffusion.reference_align import align_references
 from ldm.models.diffusion.sizes import check_sizes
-from ldm.models.diffusion.wrapper import Cond, DiffusionWrapper
-from ldm.modules.diffusionmodules.util import extract_into_tensor, make_beta_schedule
+from ldm.models.diffusion.wrapper import Cond
 from ldm.modules.distributions import DiagonalGaussianDistribution
-from ldm.modules.ema import LitEma
 from ldm.modules.encoders.modules import encode_audio
-from ldm.util import default, instantiate_from_config, load_state_dict_file, mean_flat
+from ldm.modules.encoders.mouth import fit_on_dataset, mouth_code
+from ldm.util import instantiate_from_config, load_state_dict_file
 
 logger = logging.getLogger(__name__)
 
 REFERENCE_KEY = 2**20  # cache key of an aligned reference: target frame x 2**20 + reference frame
-
-
-class DDPM(pl.LightningModule):
-    """Gaussian diffusion with eps prediction on whatever ``get_input`` returns (LDM's DDPM)."""
-
-    def __init__(
-        self,
-        unet_config: Any,
-        timesteps: int = 1000,
-        linear_start: float = 1e-4,
-        linear_end: float = 2e-2,
-        parameterization: str = "eps",  # the only one: the DDIM and DPM-Solver samplers assume it
-        use_ema: bool = True,
-        ema_decay: float = 0.9999,
-        l_simple_weight: float = 1.0,
-        original_elbo_weight: float = 0.0,
-        weight_decay: float = 0.01,  # AdamW's default, as the original
-        snr_gamma: float | None = None,  # Min-SNR-gamma loss weights (Hang et al. 2023); None:
-        # the original's uniform weighting over timesteps
-        conditioning_key: str = "hybrid",
-        image_size: int = 64,  # latent size
-        channels: int = 3,  # latent channels
-        monitor: str | None = None,
-    ) -> None:
-        super().__init__()
-        if parameterization != "eps":
-            raise ValueError(
-                f"model.params.parameterization must be 'eps' (the samplers predict noise), "
-                f"got {parameterization!r}"
-            )
-        self.parameterization = parameterization
-        self.image_size = image_size
-        self.channels = channels
-        self.l_simple_weight = l_simple_weight
-        self.original_elbo_weight = original_elbo_weight
-        self.weight_decay = weight_decay
-        self.snr_gamma = snr_gamma
-        self.learning_rate = 1e-4  # set by main.py from base_learning_rate (and --scale_lr)
-        if monitor is not None:
-            self.monitor = monitor
-        self.model = DiffusionWrapper(unet_config, conditioning_key)
-        self.use_ema = use_ema
-        if use_ema:
-            self.model_ema = LitEma(self.model, decay=ema_decay)
-        self.register_schedule(timesteps, linear_start, linear_end)
-
-    def register_schedule(self, timesteps: int, linear_start: float, linear_end: float) -> None:
-        """Register the schedule buffers (float32) and the VLB weights of eps prediction."""
-        betas = make_beta_schedule(timesteps, linear_start, linear_end)
-        alphas_cumprod = np.cumprod(1.0 - betas)
-        alphas_cumprod_prev = np.append(1.0, alphas_cumprod[:-1])
-        posterior_variance = betas * (1.0 - alphas_cumprod_prev) / (1.0 - alphas_cumprod)
-        with np.errstate(divide="ignore"):
-            lvlb = betas**2 / (2 * posterior_variance * (1.0 - betas) * (1 - alphas_cumprod))
-        lvlb[0] = lvlb[1]
-        self.num_timesteps = int(timesteps)
-        for name, value in {
-            "betas": betas,
-            "alphas_cumprod": alphas_cumprod,
-            "alphas_cumprod_prev": alphas_cumprod_prev,
-            "sqrt_alphas_cumprod": np.sqrt(alphas_cumprod),
-            "sqrt_one_minus_alphas_cumprod": np.sqrt(1.0 - alphas_cumprod),
-            "lvlb_weights": lvlb,
-        }.items():
-            self.register_buffer(name, torch.tensor(value, dtype=torch.float32), persistent=False)
-
-    @contextmanager
-    def ema_scope(self, context: str | None = None):
-        """Swap the EMA weights into the UNet wrapper for the duration of the block."""
-        if self.use_ema:
-            self.model_ema.store(self.model.parameters())
-            self.model_ema.copy_to(self.model)
-            if context is not None:
-                logger.debug("%s: switched to EMA weights", context)
-        try:
-            yield
-        finally:
-            if self.use_ema:
-                self.model_ema.restore(self.model.parameters())
-
-    def q_sample(
-        self, x_start: torch.Tensor, t: torch.Tensor, noise: torch.Tensor | None = None
-    ) -> torch.Tensor:
-        """Sample z_t = sqrt(abar_t) z_0 + sqrt(1 - abar_t) eps for a batch of timesteps t (B,)."""
-        noise = default(noise, lambda: torch.randn_like(x_start))
-        return (
-            extract_into_tensor(self.sqrt_alphas_cumprod, t, x_start.shape) * x_start
-            + extract_into_tensor(self.sqrt_one_minus_alphas_cumprod, t, x_start.shape) * noise
-        )
-
-    def apply_model(self, x_noisy: torch.Tensor, t: torch.Tensor, cond: Cond) -> torch.Tensor:
-        """Run the denoiser on (B, C, h, w) latents at timesteps t (B,)."""
-        return self.model(x_noisy, t, cond)
-
-    def p_losses(
-        self,
-        x_start: torch.Tensor,
-        cond: Cond,
-        t: torch.Tensor,
-        noise: torch.Tensor | None = None,
-        weight: torch.Tensor | None = None,
-    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """Simple (eps) loss, plus the weightless-by-default VLB term; ``weight`` scales pixels."""
-        noise = default(noise, lambda: torch.randn_like(x_start))
-        model_out = self.apply_model(self.q_sample(x_start, t, noise), t, cond)
-        err = (model_out - noise) ** 2
-        if weight is not None:
-            err = err * weight
-        loss_simple = mean_flat(err)  # (B,)
-        if self.snr_gamma is not None:
-            loss_simple = loss_simple * self.min_snr_weight(t)
-        loss_vlb = (self.lvlb_weights[t] * loss_simple).mean()
-        loss = self.l_simple_weight * loss_simple.mean() + self.original_elbo_weight * loss_vlb
-        split = "train" if self.training else "val"
-        return loss, {
-            f"{split}/loss_simple": loss_simple.mean(),
-            f"{split}/loss_vlb": loss_vlb,
-            f"{split}/loss": loss,
-        }
-
-    def min_snr_weight(self, t: torch.Tensor) -> torch.Tensor:
-        """(B,) Min-SNR-gamma weights min(SNR, gamma) / SNR of eps prediction at timesteps t:
-        the nearly clean timesteps, whose noise is easy to tell, no longer dominate the loss."""
-        abar = self.alphas_cumprod[t]
-        snr = abar / (1.0 - abar)
-        return torch.clamp(snr, max=self.snr_gamma) / snr
-
-    def get_input(self, batch: dict[str, Any]) -> tuple[torch.Tensor, Cond, torch.Tensor | None]:
-        """Return (z_0, conditions, optional loss weight map); defined by subclasses."""
-        raise NotImplementedError
-
-    def shared_step(self, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """Loss of a batch at uniformly drawn timesteps."""
-        z, cond, weight = self.get_input(batch)
-        t = torch.randint(0, self.num_timesteps, (z.shape[0],), device=self.device).long()
-        return self.p_losses(z, cond, t, weight=weight)
-
-    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
-        loss, loss_dict = self.shared_step(batch)
-        self.log_dict(loss_dict, prog_bar=False, logger=True, on_step=True, on_epoch=True)
-        self.log("global_step", float(self.global_step), prog_bar=True, logger=True, on_step=True)
-        return loss
-
-    @torch.no_grad()
-    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        _, loss_dict = self.shared_step(batch)
-        with self.ema_scope():
-            _, loss_dict_ema = self.shared_step(batch)
-        loss_dict_ema = {f"{k}_ema": v for k, v in loss_dict_ema.items()}
-        self.log_dict(loss_dict, on_step=False, on_epoch=True, sync_dist=True)
-        self.log_dict(loss_dict_ema, on_step=False, on_epoch=True, sync_dist=True)
-
-    def update_ema(self) -> None:
-        """One EMA step of the UNet wrapper's weights (decay warms up, SPEC 4.6)."""
-        if self.use_ema:
-            self.model_ema(self.model)
-
-    def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
-        """Step the optimiser, then the EMA, so a checkpoint saved at batch end holds both."""
-        super().optimizer_step(*args, **kwargs)
-        self.update_ema()
-
-    def trainable_parameters(self) -> list[nn.Parameter]:
-        """Parameters the optimiser updates (the UNet here; subclasses add encoders)."""
-        return list(self.model.parameters())
-
-    def configure_optimizers(self) -> torch.optim.Optimizer:
-        return torch.optim.AdamW(
-            self.trainable_parameters(), lr=self.learning_rate, weight_decay=self.weight_decay
-        )
 
 
 class LatentDiffusion(DDPM):
@@ -228,6 +56,8 @@ class LatentDiffusion(DDPM):
         # the whole latent, as the original; ldm/models/diffusion/mouth_window.py)
         window_jitter: int = 0,  # training augmentations (ldm/models/diffusion/augment.py):
         appearance_jitter: float = 0.0,  # window moves / colour changes; 0 = off (original)
+        mouth_config: Any = None,  # MouthPredictor: mouth landmarks from the audio join the
+        # landmark condition (None: upper face only, as the original; ldm/modules/encoders/mouth.py)
         ckpt_path: str | None = None,
         ignore_keys: tuple[str, ...] = (),
         **kwargs: Any,
@@ -256,6 +86,10 @@ class LatentDiffusion(DDPM):
         self.cond_stage_model_for_audio = instantiate_from_config(audio_config)
         self.cond_stage_model_for_audio_smooth = instantiate_from_config(audio_attention_config)
         self.cond_stage_model_for_ldm = instantiate_from_config(landmark_config)
+        self.mouth_model = None if mouth_config is None else instantiate_from_config(mouth_config)
+        if self.mouth_model is not None:  # the audio reaches the UNet through the mouth only
+            self.cond_stage_model_for_audio.requires_grad_(False)
+            self.cond_stage_model_for_audio_smooth.requires_grad_(False)
         check_sizes(
             self.model.diffusion_model,
             self.first_stage_model,
@@ -276,6 +110,11 @@ class LatentDiffusion(DDPM):
         logger.info(
             "restored %s: %d missing, %d unexpected keys", path, len(missing), len(unexpected)
         )
+
+    def on_fit_start(self) -> None:
+        """Fit the MouthPredictor on the training frames once (a resumed run has its fit)."""
+        if self.mouth_model is not None and not bool(self.mouth_model.fitted):
+            fit_on_dataset(self.mouth_model, self.trainer.datamodule.datasets["train"])
 
     @torch.no_grad()
     def on_train_batch_start(self, batch: dict[str, Any], batch_idx: int) -> None:
@@ -364,13 +203,25 @@ class LatentDiffusion(DDPM):
         return {
             "masked_latent": masked,
             "reference_latent": reference,
-            "audio_feature": encode_audio(
-                self.cond_stage_model_for_audio, self.cond_stage_model_for_audio_smooth, audio
-            ),
+            "audio_feature": self.audio_feature(batch, audio),
             "landmark_feature": self.cond_stage_model_for_ldm(
                 batch["landmarks"].to(self.device, torch.float32)
             ),
         }
+
+    def audio_feature(self, batch: dict[str, Any], audio: torch.Tensor) -> torch.Tensor:
+        """(B, dim_aud) audio feature; with a MouthPredictor, the feature of the mouth shape:
+        the target's own when training, predicted from the audio otherwise."""
+        if self.mouth_model is None:
+            return encode_audio(
+                self.cond_stage_model_for_audio, self.cond_stage_model_for_audio_smooth, audio
+            )
+        if self.training:
+            lms = batch["landmarks"].to(self.device)
+            code = mouth_code(batch["mouth_landmarks"].to(self.device), lms)
+        else:
+            code = self.mouth_model(audio)
+        return self.mouth_model.feature(code, train=self.training)
 
     def get_input(self, batch: dict[str, Any]) -> tuple[torch.Tensor, Cond, torch.Tensor | None]:
         """Batch -> (z_0 (B, C, h, w), conditions, loss weight map or None)."""
@@ -429,8 +280,10 @@ class LatentDiffusion(DDPM):
             self.cond_stage_model_for_audio,
             self.cond_stage_model_for_audio_smooth,
             self.cond_stage_model_for_ldm,
+            *([] if self.mouth_model is None else [self.mouth_model]),
         )
-        return super().trainable_parameters() + [p for m in encoders for p in m.parameters()]
+        params = [p for m in encoders for p in m.parameters() if p.requires_grad]
+        return super().trainable_parameters() + params
 
 
 def to_bchw(images: torch.Tensor) -> torch.Tensor:
