@@ -1,7 +1,7 @@
 """Refresh the README's screenshot of the web app with a real model and a real clip.
 
     python benchmarks/app_screenshot.py --ckpt runs/andrew/logs/<run>/checkpoints/last.ckpt \
-        --clip clip.mp4 [--audio-features whisper] [--seconds 4]
+        --clip clip.mp4 [--seconds 4]
 
 Starts scripts/app.py on a free local port, opens it in headless Chromium (Playwright, as the
 app's browser test), renders the clip driven by its own speech (so the page shows the
@@ -36,7 +36,9 @@ def serve(args: argparse.Namespace, tmp: Path) -> tuple[subprocess.Popen, str]:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     cmd = [sys.executable, str(ROOT / "scripts/app.py"), "--ckpt", args.ckpt, "--port", str(port)]
-    cmd += ["--audio-features", args.audio_features, "--outdir", str(tmp / "out")]
+    cmd += ["--outdir", str(tmp / "out")]
+    if args.audio_features:  # else the app picks them from the model's feature width
+        cmd += ["--audio-features", args.audio_features]
     proc = subprocess.Popen(cmd, cwd=ROOT)
     url = f"http://127.0.0.1:{port}/"
     for _ in range(300):
@@ -76,7 +78,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--ckpt", required=True)
     parser.add_argument("--clip", required=True, type=Path, help="a portrait clip with speech")
-    parser.add_argument("--audio-features", default="logmel")
+    parser.add_argument("--audio-features", help="default: from the model's feature width")
     parser.add_argument("--seconds", type=float, default=4.0, help="length of the clip used")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")

@@ -37,8 +37,6 @@ CHROMIUM_ARGS = [
 ]
 PORTRAIT_CLIP = SHARED_DATA / "clips" / "vox_00473_224px.mp4"
 SPEECH = SHARED_DATA / "audio" / "RD_Radio34_002.wav"
-SCREENSHOT = ROOT / "benchmarks" / "results" / "app_screenshot.png"
-UPDATE_SCREENSHOT = "DIFFTALK_UPDATE_SCREENSHOT"  # set to 1 to refresh the README's screenshot
 RENDER_TIMEOUT_MS = 300_000  # two shared CPU cores: generous
 EXTRAS = "pip install -r requirements-app.txt"
 
@@ -194,14 +192,6 @@ def media(tmp_path: Path) -> tuple[Path, Path]:
     return clip, tmp_path / "speech.wav"
 
 
-def save_screenshot(src: Path, dst: Path) -> None:
-    """Copy a page screenshot as a 256-colour PNG (a third of the size, same look)."""
-    from PIL import Image
-
-    with Image.open(src) as im:
-        im.convert("RGB").quantize(256, method=Image.Quantize.MEDIANCUT).save(dst, optimize=True)
-
-
 def render_and_wait(page, selector: str) -> None:
     """Press Render, see the progress bar, wait for ``selector``."""
     page.click("#render")
@@ -291,8 +281,5 @@ def test_page_renders_in_chromium(media, chromium, app_url, tmp_path):
     check_player(page)
     report = page.inner_text("#report")
     assert "prediction" in report and "baseline: copy reference frame" in report
-    page.screenshot(path=str(tmp_path / "app.png"), full_page=True)
     outside = [u for u in requests if not u.startswith((app_url, "data:", "blob:"))]
     assert not outside, f"the page fetched from outside localhost: {outside[:5]}"
-    if os.environ.get(UPDATE_SCREENSHOT):
-        save_screenshot(tmp_path / "app.png", SCREENSHOT)
