@@ -133,11 +133,12 @@ def test_progress_eta_logs_step_total_and_remaining_time(caplog, monkeypatch):
 
 
 def test_budget_follows_the_training_frames_and_the_configs_batch_sizes():
-    assert FULL.first_stage(625, 8) == 391  # 25 s of footage: 5 passes at batch 8
-    assert FULL.talking(625, 16) == 3000  # 80 passes at batch 16, capped
+    assert FULL.first_stage(300, 8) == 200  # 12 s of footage: 5 passes would be 188
+    assert FULL.first_stage(450, 8) == 281  # 18 s: 5 passes at batch 8
+    assert FULL.talking(400, 16) == 2000 and FULL.talking(625, 16) == 2000  # 80 passes, capped
     assert FULL.talking(300, 16) == 1500 and FULL.first_stage(300, 8) == 200  # minimum
     assert FULL.talking(100, 16) == 1000  # a few seconds: the minimum
-    assert FULL.first_stage(10_000, 8) == 400  # many minutes: capped
+    assert FULL.first_stage(10_000, 8) == 300  # many minutes: capped
     custom = Budget(ae_epochs=2.0, ae_steps=(1, 10**6), ldm_epochs=1.0, ldm_steps=(1, 10**6))
     assert custom.first_stage(800, 8) == 200 and custom.first_stage(800, 4) == 400
     assert custom.talking(800, 32) == 25  # passes x frames / batch
