@@ -75,6 +75,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     g.add_argument("--steps", type=int, help="default: 200 (ddim), 20 (dpm)")
     g.add_argument("--eta", type=float, default=0.0)
     g.add_argument("--reference", choices=REFERENCE_MODES, default="first")
+    g.add_argument(
+        "--reference-bank",
+        help="with --reference bank: split list of training frames to borrow mouths from",
+    )
+    g.add_argument("--bank-root", default="data/HDTF", help="dataset of the bank's keys")
     g.add_argument("--shared-noise", action="store_true", help="one initial noise for all frames")
     g.add_argument("--batch-size", type=int, default=8)
     g.add_argument("--seed", type=int, default=0)
@@ -108,6 +113,8 @@ def render_options(args: argparse.Namespace) -> RenderOptions:
         steps=args.steps,
         eta=args.eta,
         reference=args.reference,
+        reference_bank=args.reference_bank,
+        bank_root=args.bank_root,
         shared_noise=args.shared_noise,
         batch_size=args.batch_size,
         seed=args.seed,

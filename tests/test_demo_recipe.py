@@ -135,8 +135,8 @@ def test_progress_eta_logs_step_total_and_remaining_time(caplog, monkeypatch):
 def test_budget_follows_the_training_frames_and_the_configs_batch_sizes():
     assert FULL.first_stage(300, 8) == 200  # 12 s of footage: 5 passes would be 188
     assert FULL.first_stage(450, 8) == 281  # 18 s: 5 passes at batch 8
-    assert FULL.talking(400, 16) == 2000 and FULL.talking(625, 16) == 2000  # 80 passes, capped
-    assert FULL.talking(300, 16) == 1500 and FULL.first_stage(300, 8) == 200  # minimum
+    assert FULL.talking(400, 16) == 1500 and FULL.talking(625, 16) == 1500  # 80 passes, capped
+    assert FULL.talking(250, 16) == 1250 and FULL.first_stage(300, 8) == 200  # 80 passes
     assert FULL.talking(100, 16) == 1000  # a few seconds: the minimum
     assert FULL.first_stage(10_000, 8) == 300  # many minutes: capped
     custom = Budget(ae_epochs=2.0, ae_steps=(1, 10**6), ldm_epochs=1.0, ldm_steps=(1, 10**6))
@@ -208,6 +208,26 @@ def test_similarity_alignment_moves_the_reference_onto_the_target_pose():
     assert abs(xs.float().mean() - expected[0]) < 0.3 and abs(ys.float().mean() - expected[1]) < 0.3
     same = align_references(image, pts, pts)  # identity: unchanged
     torch.testing.assert_close(same, image, atol=1e-4, rtol=0)
+
+
+def test_colour_matching_maps_another_light_onto_the_target_face():
+    from ldm.data.layout import UPPER_FACE_LANDMARKS
+    from ldm.models.diffusion.reference_align import COLOUR_POINTS, match_colours
+
+    from conftest import face_template
+
+    g = torch.Generator().manual_seed(0)
+    target = torch.rand(2, 3, 64, 64, generator=g) * 0.8 - 0.4
+    lms = torch.from_numpy(face_template(64))[list(UPPER_FACE_LANDMARKS)].expand(2, 39, 2)
+    gain = torch.tensor([0.6, 1.3, 0.9]).view(1, 3, 1, 1)
+    other_light = target * gain + torch.tensor([0.2, -0.1, 0.05]).view(1, 3, 1, 1)
+    masked = target.clone()
+    masked[:, :, 40:] = -1.0  # the hidden lower face must not count
+    out = match_colours(other_light, masked, lms)
+    torch.testing.assert_close(out, target, atol=1e-4, rtol=0)  # an affine light is undone
+    assert min(COLOUR_POINTS) >= 0 and all(lms[0, list(COLOUR_POINTS), 1] < 40)
+    same = match_colours(target, target, lms)
+    torch.testing.assert_close(same, target, atol=1e-5, rtol=0)
 
 
 def test_mouth_window_follows_the_nose_and_stays_inside_the_latent():

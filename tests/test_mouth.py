@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from ldm.data.layout import MOUTH, UPPER_FACE_LANDMARKS
-from ldm.modules.encoders.mouth import MouthPredictor, mouth_code, mouth_points
+from ldm.modules.encoders.mouth import MouthPredictor, mouth_code, mouth_points, shape_template
 
 
 def faces(n: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -19,14 +19,27 @@ def faces(n: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     return lms[:, list(UPPER_FACE_LANDMARKS)], lms[:, list(MOUTH)]
 
 
-def test_mouth_code_drops_position_and_size_and_maps_back_onto_each_face():
+def rotate(points: torch.Tensor, degrees: float) -> torch.Tensor:
+    a = torch.tensor(degrees).deg2rad()
+    rot = torch.stack([torch.stack([a.cos(), -a.sin()]), torch.stack([a.sin(), a.cos()])])
+    return points @ rot.T
+
+
+def test_mouth_code_drops_position_size_and_roll_and_maps_back_onto_each_face():
     upper, mouth = faces(6)
-    code = mouth_code(mouth, upper)
+    template = shape_template(upper)
+    code = mouth_code(mouth, upper, template)
     assert code.shape == (6, 40)
-    assert torch.allclose(mouth_points(code, upper), mouth, atol=1e-4)
-    # the same face moved and enlarged has the same code
-    moved = mouth_code(mouth * 2 + 7, upper * 2 + 7)
-    assert torch.allclose(moved, code, atol=1e-5)
+    assert torch.allclose(mouth_points(code, upper, template), mouth, atol=1e-3)
+    # the same faces moved, enlarged and tilted by 12 degrees have the same codes
+    moved = mouth_code(rotate(mouth, 12) * 2 + 7, rotate(upper, 12) * 2 + 7, template)
+    assert torch.allclose(moved, code, atol=1e-4)
+    # an opened mouth has another code; a mouth placed on another face follows that face
+    opened = mouth.clone()
+    opened[:, 13:20, 1] += 3.0
+    assert not torch.allclose(mouth_code(opened, upper, template), code, atol=0.05)
+    other = mouth_points(code, rotate(upper, 30), template)
+    assert torch.allclose(other, rotate(mouth, 30), atol=1e-3)
 
 
 @pytest.mark.parametrize("n_train", [400, 40])  # more samples than inputs (primal), fewer (dual)
@@ -36,7 +49,7 @@ def test_ridge_fit_recovers_a_linear_audio_to_mouth_map_on_held_out_windows(n_tr
     true_w = torch.randn(24, 40)
     audio = torch.randn(n_train + 100, 8, 4, 6)
     codes = audio[:, 4].flatten(1) @ true_w + 0.5
-    model.fit(audio[:n_train], codes[:n_train])
+    model.fit_codes(audio[:n_train], codes[:n_train])
     pred = model(audio[n_train:])
     err = (pred - codes[n_train:]).norm() / codes[n_train:].norm()
     if n_train > 24:
@@ -50,7 +63,7 @@ def test_ridge_shrinks_towards_the_mean_shape_and_the_fit_is_in_the_state_dict()
     torch.manual_seed(0)
     audio, codes = torch.randn(200, 8, 4, 3), torch.randn(200, 40)
     strong = MouthPredictor(feature_dim=3, win_size=4, ridge=1e6)
-    strong.fit(audio, codes)
+    strong.fit_codes(audio, codes)
     spread = strong(audio).std(0).mean()
     assert spread < 0.05 * codes.std(0).mean()  # a strong ridge predicts about the mean shape
     assert torch.allclose(strong(audio).mean(0), codes.mean(0), atol=0.05)
@@ -63,7 +76,7 @@ def test_prediction_averages_the_windows_of_the_neighbouring_frames():
     torch.manual_seed(0)
     audio = torch.randn(50, 8, 4, 3)
     model = MouthPredictor(feature_dim=3, win_size=4, smooth=2)
-    model.fit(audio, torch.randn(50, 40))
+    model.fit_codes(audio, torch.randn(50, 40))
     single = MouthPredictor(feature_dim=3, win_size=4, smooth=0)
     single.load_state_dict(model.state_dict())
     shifted = [single(torch.roll(audio, -k, dims=1)) for k in range(-2, 3)]  # window 4 + k
@@ -106,7 +119,7 @@ def mouth_model_and_batch():
         "reference_img": torch.zeros(8, 128, 128, 3),
         "reference_landmarks": upper,
     }
-    model.mouth_model.fit(batch["audio_smooth"], mouth_code(mouth, upper))
+    model.mouth_model.fit(batch["audio_smooth"], mouth, upper)
     model.mouth_model.code_noise, model.mouth_model.smooth = 0.0, 0
     return model, batch
 

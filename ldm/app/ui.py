@@ -9,7 +9,7 @@ from typing import Any
 import gradio as gr
 
 from ldm.app.studio import InputError, RenderRequest, Studio
-from ldm.inference.render import DEFAULT_STEPS, REFERENCE_MODES, SAMPLERS
+from ldm.inference.render import CLIP_REFERENCE_MODES, DEFAULT_STEPS, SAMPLERS
 
 TITLE = "DiffTalk: drive a portrait with speech"
 INTRO = (
@@ -99,7 +99,7 @@ def input_column() -> tuple[list[gr.components.Component], gr.Button]:
         with gr.Row():
             sampler = gr.Radio(list(SAMPLERS), value=APP_SAMPLER, label="Sampler")
             reference = gr.Radio(
-                list(REFERENCE_MODES), value="first", label="Reference", info=REFERENCE_HELP
+                list(CLIP_REFERENCE_MODES), value="first", label="Reference", info=REFERENCE_HELP
             )
         steps = gr.Slider(
             1, MAX_STEPS, value=steps_for(APP_SAMPLER), step=1, label="Steps", elem_id="steps"

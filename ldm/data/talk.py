@@ -12,6 +12,7 @@ import numpy as np
 from PIL import Image
 from torch.utils.data import Dataset
 
+from ldm.data import mouth_reference
 from ldm.data.layout import (
     AUDIO_SHAPE,
     INFERENCE_MASK_LANDMARK,
@@ -28,6 +29,8 @@ from ldm.data.layout import (
 )
 
 logger = logging.getLogger(__name__)
+
+REFERENCE_CHOICES = ("random", "mouth")
 
 
 def sample_reference_frame(
@@ -107,6 +110,9 @@ class TalkBase(Dataset):
         reference_margin: int = REFERENCE_MARGIN,
         resample_reference: bool = False,  # original: drawn once, in __init__ (SPEC 6, bug 3)
         reference_frame: int | None = None,  # inference: always this frame (original: 1)
+        reference_choice: str = "random",  # random (SPEC 2) | mouth: one of the
+        # ``mouth_candidates`` frames nearest in mouth shape (ldm/data/mouth_reference.py)
+        mouth_candidates: int = 5,
         audio_id: int
         | None = None,  # drive every id with this id's audio (original inference: 105)
         with_inference_mask: bool = False,
@@ -132,6 +138,13 @@ class TalkBase(Dataset):
             )
         self.keys = read_keys(Path(split_file), max_items)
         self.frame_counts = read_frame_counts(self.root / "data.txt")
+        if reference_choice not in REFERENCE_CHOICES:
+            raise ValueError(f"reference_choice {reference_choice!r}: choose {REFERENCE_CHOICES}")
+        self.candidates = None
+        if reference_choice == "mouth" and reference_frame is None:
+            self.candidates = mouth_reference.mouth_candidates(
+                self.root, self.keys, reference_margin, mouth_candidates
+            )
         self.references = np.asarray([self._draw_reference(i) for i in range(len(self.keys))])
         self.check_audio_shape(tuple(audio_shape))
 
@@ -161,6 +174,8 @@ class TalkBase(Dataset):
         vid, frame = (int(v) for v in self.keys[index])
         if self.reference_frame is not None:
             return self.reference_frame
+        if self.candidates is not None:
+            return int(random.choice(self.candidates[index]))
         if vid not in self.frame_counts:
             raise ValueError(f"identity {vid} has no line in {self.root / 'data.txt'}")
         return sample_reference_frame(self.frame_counts[vid], frame, self.reference_margin)

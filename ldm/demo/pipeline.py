@@ -51,7 +51,7 @@ class Budget:
     ae_epochs: float = 5.0
     ae_steps: tuple[int, int] = (200, 300)
     ldm_epochs: float = 80.0
-    ldm_steps: tuple[int, int] = (1000, 2000)
+    ldm_steps: tuple[int, int] = (1000, 1500)
 
     def first_stage(self, n_frames: int, batch_size: int) -> int:
         """First-stage steps for ``n_frames`` training frames at ``batch_size``."""
@@ -167,8 +167,10 @@ class Pipeline:
     def render_and_score(self, run_dir: Path, footage: Footage) -> dict[str, Path]:
         """Render the test clip (and its first-stage-only ceiling), then evaluate it."""
         result, ceiling = self.out / "result.mp4", self.out / "first_stage_only.mp4"
-        shared = [] if self.sample else ["--shared-noise"]  # one x_T: no flicker between frames
-        sampling = ["--sampler", "dpm", "--steps", "20", *shared]
+        sampling = ["--sampler", "dpm", "--steps", "20"]
+        if not self.sample:  # one x_T (no flicker); mouths borrowed from the training frames
+            sampling += ["--shared-noise", "--reference", "bank", "--bank-root", str(self.data)]
+            sampling += ["--reference-bank", str(self.data.parent / "data_train.txt")]
         self.render("render", run_dir, footage, result, sampling)
         self.render("first_stage_only", run_dir, footage, ceiling, ["--first-stage-only"])
         report = self.out / "report"

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from torch.utils.data import default_collate
 
+from ldm.inference.bank import ReferenceBank
 from ldm.models.diffusion.ddim import DDIMSampler, make_ddim_timesteps, randn
 from ldm.models.diffusion.dpm_solver import DPMSolverSampler
 
@@ -23,7 +24,8 @@ logger = logging.getLogger(__name__)
 
 SAMPLERS = ("ddim", "dpm")
 DEFAULT_STEPS = {"ddim": 200, "dpm": 20}  # DDIM-200: the paper protocol (SPEC 5.2)
-REFERENCE_MODES = ("first", "progressive")
+CLIP_REFERENCE_MODES = ("first", "progressive")  # from the clip itself
+REFERENCE_MODES = (*CLIP_REFERENCE_MODES, "bank")  # bank: from training frames (bank.py)
 INITIAL_NOISE, STEP_NOISE = 1, 2  # noise streams of ``seeded``: x_T per frame, sampler per batch
 
 
@@ -43,7 +45,10 @@ class RenderOptions:
     steps: int | None = None  # None: 200 for ddim, 20 for dpm
     eta: float = 0.0
     reference: str = "first"  # first: the clip's reference for every frame; progressive: the
-    # previous generated frame is the next frame's reference (the paper's progressive inference)
+    # previous generated frame is the next frame's reference (the paper's progressive inference);
+    # bank: per frame, the frame of ``reference_bank`` whose mouth matches the audio (bank.py)
+    reference_bank: str | None = None  # split list of training frames, e.g. data/data_train.txt
+    bank_root: str = "data/HDTF"  # the dataset the bank's keys are in
     shared_noise: bool = False  # one initial noise for every frame of a clip
     batch_size: int = 8
     seed: int = 0
@@ -56,6 +61,8 @@ class RenderOptions:
             raise ValueError(f"unknown sampler {self.sampler!r}; choose from {SAMPLERS}")
         if self.reference not in REFERENCE_MODES:
             raise ValueError(f"unknown reference mode {self.reference!r}; choose {REFERENCE_MODES}")
+        if (self.reference == "bank") != (self.reference_bank is not None):
+            raise ValueError("reference mode 'bank' and a reference_bank go together")
         if self.batch_size < 1:
             raise ValueError(f"batch size must be >= 1, got {self.batch_size}")
         if self.steps is None:
@@ -87,6 +94,9 @@ class Renderer:
         self.model = prepare_model(model)
         self.opts = opts
         self.sampler = make_sampler(model, opts.sampler, opts.steps)
+        self.bank = None
+        if opts.reference == "bank":
+            self.bank = ReferenceBank(self.model, opts.reference_bank, opts.bank_root)
 
     @property
     def latent_shape(self) -> tuple[int, int, int]:
@@ -107,9 +117,14 @@ class Renderer:
     ) -> torch.Tensor:
         """Inpaint the masked latent region of a batch; returns decoded images (B, 3, H, W)."""
         m, o = self.model, self.opts
-        # per-frame pose-aligned references (progressive mode keeps the previous frame as is)
-        aligned = m.align_reference and o.reference == "first" and "reference_img" in batch
-        cond = m.get_learned_conditioning(batch, None if aligned else reference_latent)
+        # per-frame references: the bank's, or pose-aligned ones (progressive keeps the previous
+        # frame as it is)
+        if self.bank is not None:
+            self.bank.apply(batch)
+        per_frame = self.bank is not None or (
+            m.align_reference and o.reference == "first" and "reference_img" in batch
+        )
+        cond = m.get_learned_conditioning(batch, None if per_frame else reference_latent)
         x0 = m.scale_factor * m.encode_batch_images(batch["image"])  # (B, C, h, w)
         mask = batch["inference_mask"].to(m.device, torch.float32)  # (B, 1, h, w), 1 = known
         if o.first_stage_only:

@@ -17,12 +17,12 @@ from ldm.models.diffusion import mouth_window as mw
 from ldm.models.diffusion.gaussian import DDPM
 from ldm.models.diffusion.image_logging import log_talking_images
 from ldm.models.diffusion.latent_cache import FirstStageCache
-from ldm.models.diffusion.reference_align import align_references
+from ldm.models.diffusion.reference_align import align_references, match_colours
 from ldm.models.diffusion.sizes import check_sizes
 from ldm.models.diffusion.wrapper import Cond
 from ldm.modules.distributions import DiagonalGaussianDistribution
 from ldm.modules.encoders.modules import encode_audio
-from ldm.modules.encoders.mouth import fit_on_dataset, mouth_code
+from ldm.modules.encoders.mouth import fit_on_dataset
 from ldm.util import instantiate_from_config, load_state_dict_file
 
 logger = logging.getLogger(__name__)
@@ -52,6 +52,7 @@ class LatentDiffusion(DDPM):
         scale_by_std: bool = False,  # LDM: scale_factor = 1 / std of the first batch's latents
         align_reference: bool = False,  # warp the reference onto the target's head pose
         # (original: as it is; ldm/models/diffusion/reference_align.py)
+        match_reference_colours: bool = False,  # and map its colours onto the target's face
         mouth_window: int | None = None,  # UNet on a W x W latent window at the mouth (None:
         # the whole latent, as the original; ldm/models/diffusion/mouth_window.py)
         window_jitter: int = 0,  # training augmentations (ldm/models/diffusion/augment.py):
@@ -81,6 +82,9 @@ class LatentDiffusion(DDPM):
         self.window_jitter = window_jitter
         self.appearance_jitter = appearance_jitter
         self.align_reference = align_reference
+        if match_reference_colours and not align_reference:
+            raise ValueError("model.params.match_reference_colours needs align_reference")
+        self.match_reference_colours = match_reference_colours
         self.first_stage_model = instantiate_from_config(first_stage_config).eval()
         self.first_stage_model.requires_grad_(False)
         self.cond_stage_model_for_audio = instantiate_from_config(audio_config)
@@ -171,8 +175,14 @@ class LatentDiffusion(DDPM):
 
         def encode(idx: torch.Tensor) -> torch.Tensor:
             ref = to_bchw(batch["reference_img"][idx]).to(self.device)
-            lms = (batch[k][idx].to(self.device) for k in ("reference_landmarks", "landmarks"))
-            return self.encode_first_stage(align_references(ref, *lms))
+            ref_lms, lms = (
+                batch[k][idx].to(self.device) for k in ("reference_landmarks", "landmarks")
+            )
+            ref = align_references(ref, ref_lms, lms)
+            if self.match_reference_colours:
+                target = to_bchw(batch["image_mask"][idx]).to(self.device)
+                ref = match_colours(ref, target, lms)
+            return self.encode_first_stage(ref)
 
         if self.latent_cache is None or not self.training:
             return encode(torch.arange(len(batch["landmarks"])))
@@ -218,7 +228,7 @@ class LatentDiffusion(DDPM):
             )
         if self.training:
             lms = batch["landmarks"].to(self.device)
-            code = mouth_code(batch["mouth_landmarks"].to(self.device), lms)
+            code = self.mouth_model.code(batch["mouth_landmarks"].to(self.device), lms)
         else:
             code = self.mouth_model(audio)
         return self.mouth_model.feature(code, train=self.training)

@@ -18,6 +18,8 @@ from ldm.data.layout import EYES, NOSE, upper_face_index
 
 # the nose and the eyes within the 39 upper-face landmarks of a batch
 STABLE_POINTS = tuple(upper_face_index(i) for i in (*NOSE, *EYES))
+# the eyes and the nose bridge, down to its tip: above the rows any mask hides (from landmark 30)
+COLOUR_POINTS = tuple(upper_face_index(i) for i in (*NOSE[:4], *EYES))
 
 
 def similarity(src: torch.Tensor, dst: torch.Tensor) -> torch.Tensor:
@@ -51,3 +53,30 @@ def align_references(
     theta = (to_norm[:2] @ torch.cat([inverse, full[:, 2:]], 1) @ to_px).float()
     grid = F.affine_grid(theta, list(reference.shape), align_corners=False)
     return F.grid_sample(reference, grid.to(reference), padding_mode="border", align_corners=False)
+
+
+def match_colours(
+    reference: torch.Tensor, target: torch.Tensor, landmarks: torch.Tensor
+) -> torch.Tensor:
+    """Map each aligned reference's colours (B, 3, H, W) onto its target's, per channel: mean and
+    spread inside the box of the target's eyes and nose bridge (visible in the masked target, and,
+    after alignment, the same face region of the reference). Clips filmed apart differ in light
+    and white balance; the UNet learns to copy the reference's mouth from same-clip pairs, so
+    without this it would paste another light's lips into the frame."""
+    pts = landmarks[:, list(COLOUR_POINTS)]
+    h, w = reference.shape[-2:]
+    lo = pts.amin(1).floor().long()
+    hi = pts.amax(1).ceil().long()
+    ys = torch.arange(h, device=reference.device)[None, :, None]
+    xs = torch.arange(w, device=reference.device)[None, None, :]
+    box = (ys >= lo[:, 1, None, None]) & (ys < hi[:, 1, None, None])
+    box = (box & (xs >= lo[:, 0, None, None]) & (xs < hi[:, 0, None, None]))[:, None].to(reference)
+    n = box.sum((2, 3), keepdim=True).clamp_min(1.0)
+
+    def stats(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        mean = (x * box).sum((2, 3), keepdim=True) / n
+        var = ((x - mean) ** 2 * box).sum((2, 3), keepdim=True) / n
+        return mean, var.sqrt().clamp_min(1e-3)
+
+    (mu_r, sd_r), (mu_t, sd_t) = stats(reference), stats(target)
+    return ((reference - mu_r) / sd_r * sd_t + mu_t).clamp(-1.0, 1.0)

@@ -10,8 +10,9 @@ frames support: on the dev speaker, it predicts the held-out clip's mouth openin
 correlation of 0.52 (log-mel) to 0.62 (Whisper features) where jointly trained networks reach
 about 0.1.
 
-A shape is coded as the mouth points minus the nose tip, over the outer-eye-corner distance,
-so head position and size drop out; the code is mapped back onto each frame's own nose and eyes.
+A shape is coded as the mouth points mapped by the similarity (scale, rotation, shift) that takes
+the frame's nose and eyes onto a template face (their mean shape over the training frames), so
+head position, size and roll drop out; the code maps back onto each frame's own nose and eyes.
 """
 
 from __future__ import annotations
@@ -23,32 +24,43 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from ldm.data.layout import MOUTH, NOSE_TIP, upper_face_index
+from ldm.data.layout import MOUTH
+from ldm.models.diffusion.reference_align import STABLE_POINTS, similarity
 
 logger = logging.getLogger(__name__)
 
 N_MOUTH = len(MOUTH)
-NOSE = upper_face_index(NOSE_TIP)
-EYE_CORNERS = (upper_face_index(36), upper_face_index(45))  # outer corners, in the 39 points
 
 
-def face_frame(upper: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(B, 39, 2) upper-face landmarks -> nose tip (B, 1, 2) and eye-corner distance (B, 1, 1)."""
-    upper = upper.float()
-    span = (upper[:, EYE_CORNERS[1]] - upper[:, EYE_CORNERS[0]]).norm(dim=-1)
-    return upper[:, NOSE : NOSE + 1], span[:, None, None].clamp_min(1e-6)
+def shape_template(upper: torch.Tensor) -> torch.Tensor:
+    """(N, 39, 2) upper-face landmarks -> (21, 2) mean nose-and-eyes shape (centred, unit size)."""
+    pts = upper[:, list(STABLE_POINTS)].double()
+    pts = pts - pts.mean(1, keepdim=True)
+    return (pts / pts.pow(2).sum(-1).mean(-1).sqrt()[:, None, None]).mean(0)
 
 
-def mouth_code(mouth: torch.Tensor, upper: torch.Tensor) -> torch.Tensor:
-    """(B, 20, 2) mouth landmarks in pixels -> (B, 40) shape code relative to nose and eyes."""
-    nose, span = face_frame(upper)
-    return ((mouth.float() - nose) / span).flatten(1)
+def to_template(upper: torch.Tensor, template: torch.Tensor) -> torch.Tensor:
+    """(B, 2, 3) similarities taking each frame's nose and eyes onto ``template``."""
+    src = upper[:, list(STABLE_POINTS)].double()
+    return similarity(src, template.double().expand(len(src), -1, -1))
 
 
-def mouth_points(code: torch.Tensor, upper: torch.Tensor) -> torch.Tensor:
+def affine(points: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
+    """(B, N, 2) points mapped by (B, 2, 3) affine transforms."""
+    return points @ a[:, :, :2].transpose(1, 2) + a[:, None, :, 2]
+
+
+def mouth_code(mouth: torch.Tensor, upper: torch.Tensor, template: torch.Tensor) -> torch.Tensor:
+    """(B, 20, 2) mouth landmarks in pixels -> (B, 40) shape code in the template's frame."""
+    return affine(mouth.double(), to_template(upper, template)).flatten(1).float()
+
+
+def mouth_points(code: torch.Tensor, upper: torch.Tensor, template: torch.Tensor) -> torch.Tensor:
     """Inverse of ``mouth_code``: (B, 40) -> (B, 20, 2) pixels on each frame's own face."""
-    nose, span = face_frame(upper)
-    return code.view(-1, N_MOUTH, 2) * span + nose
+    a = to_template(upper, template)
+    lin_inv = torch.linalg.inv(a[:, :, :2])
+    inverse = torch.cat([lin_inv, -lin_inv @ a[:, :, 2:]], dim=2)
+    return affine(code.double().view(-1, N_MOUTH, 2), inverse).float()
 
 
 class MouthPredictor(nn.Module):
@@ -84,6 +96,7 @@ class MouthPredictor(nn.Module):
         self.register_buffer("weight", torch.zeros(n_in, 2 * N_MOUTH))
         self.register_buffer("bias", torch.zeros(2 * N_MOUTH))
         self.register_buffer("code_std", torch.ones(2 * N_MOUTH))
+        self.register_buffer("template", torch.zeros(len(STABLE_POINTS), 2))
         self.register_buffer("fitted", torch.tensor(False))
 
     def inputs(self, audio: torch.Tensor) -> torch.Tensor:
@@ -91,8 +104,19 @@ class MouthPredictor(nn.Module):
         x = audio.flatten(-2).to(self.mean)
         return (x - self.mean) / self.std
 
+    def code(self, mouth: torch.Tensor, upper: torch.Tensor) -> torch.Tensor:
+        """(B, 20, 2) mouth, (B, 39, 2) upper-face landmarks -> (B, 40) codes (fitted template)."""
+        return mouth_code(mouth, upper, self.template)
+
     @torch.no_grad()
-    def fit(self, audio: torch.Tensor, codes: torch.Tensor) -> None:
+    def fit(self, audio: torch.Tensor, mouth: torch.Tensor, upper: torch.Tensor) -> None:
+        """Fit on (N, 8, 16, D) audio and the (N, 20, 2) mouth landmarks of the same frames; the
+        template is the mean face of their (N, 39, 2) upper-face landmarks."""
+        self.template.copy_(shape_template(upper))
+        self.fit_codes(audio, self.code(mouth, upper))
+
+    @torch.no_grad()
+    def fit_codes(self, audio: torch.Tensor, codes: torch.Tensor) -> None:
         """Closed-form ridge fit on (N, 8, 16, D) audio and (N, 40) codes, in float64; solved
         in the smaller of the primal (n_in) and dual (N) spaces."""
         x = audio[:, self.centre].flatten(1).double()
@@ -137,10 +161,11 @@ class MouthPredictor(nn.Module):
 
 def fit_on_dataset(model: MouthPredictor, dataset: Dataset, batch_size: int = 64) -> None:
     """Fit ``model`` on every item of a talking dataset (audio, upper-face and mouth landmarks)."""
-    audio, codes = [], []
+    audio, mouth, upper = [], [], []
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False)
     for batch in tqdm(loader, desc="fitting the mouth predictor", leave=False):
         audio.append(batch["audio_smooth"].float())
-        codes.append(mouth_code(batch["mouth_landmarks"], batch["landmarks"]))
-    model.fit(torch.cat(audio), torch.cat(codes))
+        mouth.append(batch["mouth_landmarks"].float())
+        upper.append(batch["landmarks"].float())
+    model.fit(torch.cat(audio), torch.cat(mouth), torch.cat(upper))
     logger.info("mouth predictor: ridge fit on %d training frames", sum(map(len, audio)))

@@ -1,0 +1,70 @@
+"""ReferenceBank: per frame, the training frame whose mouth matches the audio (reference "bank").
+
+A model trained with mouth-matched references (``reference_choice: mouth``,
+ldm/data/mouth_reference.py) draws the mouth it is shown. At rendering time each frame is shown
+the frame of the speaker's training footage whose mouth shape is nearest the one its
+MouthPredictor reads from the audio; the model warps it onto the frame's head pose
+(``align_reference``) and inpaints with it. The bank is a split list of a preprocessed dataset
+(e.g. the demo's ``data/data_train.txt``): its images and landmark files are read once.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from ldm.data.layout import MOUTH, UPPER_FACE_LANDMARKS, format_key
+from ldm.data.mouth_reference import read_landmarks
+from ldm.data.talk import load_image, read_keys
+
+logger = logging.getLogger(__name__)
+
+
+class ReferenceBank:
+    """Frames (N, S, S, 3) uint8, their upper-face landmarks (N, 39, 2) and mouth codes (N, 40)."""
+
+    def __init__(self, model: Any, split_file: str | Path, root: str | Path) -> None:
+        if getattr(model, "mouth_model", None) is None or not bool(model.mouth_model.fitted):
+            raise ValueError(
+                "--reference bank needs a model trained with a fitted MouthPredictor "
+                "(model.params.mouth_config, e.g. configs/latent-diffusion/talking-demo.yaml)"
+            )
+        root, self.predictor = Path(root), model.mouth_model
+        keys = read_keys(Path(split_file))
+        if len(keys) == 0:
+            raise ValueError(f"reference bank {split_file}: no keys")
+        size = model.frame_size
+        images, scales = [], []
+        for key in tqdm(keys, desc="reference bank", leave=False):
+            image, scale = load_image(root / "images" / f"{format_key(*key)}.jpg", size)
+            images.append(np.round((image + 1.0) * 127.5).astype(np.uint8))
+            scales.append(scale)
+        lms = torch.from_numpy(read_landmarks(root, keys) / np.asarray(scales)[:, None, None])
+        self.images = np.stack(images)
+        self.landmarks = lms[:, list(UPPER_FACE_LANDMARKS)].float()
+        with torch.no_grad():
+            self.codes = self.predictor.code(lms[:, list(MOUTH)], self.landmarks).cpu()
+        logger.info("reference bank: %d frames from %s", len(keys), split_file)
+
+    def pick(self, codes: torch.Tensor) -> np.ndarray:
+        """(B, 40) mouth codes -> (B,) indices of the bank frames with the nearest shapes
+        (distances in units of the codes' spread over the training frames)."""
+        std = self.predictor.code_std.cpu()
+        diff = (codes.cpu()[:, None] - self.codes[None]) / std
+        return diff.pow(2).sum(-1).argmin(1).numpy()
+
+    @torch.no_grad()
+    def apply(self, batch: dict[str, Any]) -> np.ndarray:
+        """Give each item of ``batch`` the bank frame matching its audio as ``reference_img`` and
+        ``reference_landmarks``; returns the indices picked."""
+        device = self.predictor.template.device
+        codes = self.predictor(batch["audio_smooth"].to(device, torch.float32))
+        idx = self.pick(codes)
+        batch["reference_img"] = torch.from_numpy(self.images[idx]).float() / 127.5 - 1.0
+        batch["reference_landmarks"] = self.landmarks[idx]
+        return idx
