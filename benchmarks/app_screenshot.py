@@ -24,7 +24,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from ldm.preprocessing.video import ffmpeg_exe  # noqa: E402
+from ldm.video import ffmpeg_exe  # noqa: E402
 
 OUT = ROOT / "benchmarks" / "results" / "app_screenshot.png"
 logger = logging.getLogger("app_screenshot")

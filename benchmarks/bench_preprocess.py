@@ -23,7 +23,7 @@ from ldm.preprocessing.audio_features import extract_features, frame_windows, sm
 from ldm.preprocessing.crop import crop_frame, fill_gaps, plan_crop
 from ldm.preprocessing.landmarks import make_landmarker
 from ldm.preprocessing.synthetic import make_face_video
-from ldm.preprocessing.video import load_audio, read_frames
+from ldm.video import load_audio, read_frames
 
 log = logging.getLogger("bench_preprocess")
 

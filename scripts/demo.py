@@ -22,7 +22,7 @@ from pathlib import Path
 
 from ldm.demo.pipeline import FULL, QUICK, SAMPLE, SAMPLE_QUICK, Pipeline
 from ldm.demo.steps import prepare_footage
-from ldm.preprocessing.video import VideoError
+from ldm.video import VideoError
 
 logger = logging.getLogger("demo")
 SAMPLE_SECONDS = {False: 60.0, True: 30.0}  # built-in sample length: full, --quick

@@ -27,7 +27,7 @@ from tqdm import tqdm
 from ldm.download import setup_logging
 from ldm.download.hdtf import SUBSETS, AnnotationError, Video, load_annotations, present_subsets
 from ldm.download.hdtf_clips import MANIFEST_FIELDS, VideoUnavailable, clip_row, process_video
-from ldm.preprocessing.video import VideoError
+from ldm.video import VideoError
 
 log = logging.getLogger("download_hdtf")
 

@@ -20,7 +20,7 @@ import soundfile as sf
 
 from ldm.app.studio import AppSettings, InputError, RenderRequest, Studio
 from ldm.preprocessing import synthetic
-from ldm.preprocessing.video import ffmpeg_exe, probe, read_frames
+from ldm.video import ffmpeg_exe, probe, read_frames
 
 from conftest import ROOT, SHARED_DATA, load_script
 

@@ -6,7 +6,7 @@ import json
 import subprocess
 import sys
 
-from ldm.preprocessing.video import probe
+from ldm.video import probe
 
 from conftest import ROOT
 

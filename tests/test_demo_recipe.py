@@ -16,8 +16,8 @@ from test_train import common_overrides, data, data_overrides, load_main, the_lo
 from ldm.demo.pipeline import FULL, Budget, batch_size
 from ldm.demo.steps import expand_videos, split_footage
 from ldm.inference.checkpoint import load_model
-from ldm.preprocessing.video import VideoError, write_video
 from ldm.train_utils import load_config
+from ldm.video import VideoError, write_video
 
 from conftest import ROOT
 
@@ -172,7 +172,7 @@ def test_footage_split_last_clip_test_flag_folder_and_single_clip(tmp_path):
     chosen = split_footage(videos, b, tmp_path / "cut")
     assert chosen.test == b.resolve() and set(chosen.clips[:-1]) == {a.resolve(), c.resolve()}
     single = split_footage([make_clip(tmp_path / "one.mp4", seconds=2.0)], None, tmp_path / "cut")
-    from ldm.preprocessing.video import probe
+    from ldm.video import probe
 
     n_train, n_test = (probe(p).n_frames for p in single.clips)
     assert n_train + n_test == pytest.approx(50, abs=2) and n_test == pytest.approx(10, abs=2)

@@ -13,7 +13,7 @@ import pytest
 
 from ldm.download.hdtf import AnnotationError, Crop, load_annotations, parse_time
 from ldm.preprocessing import synthetic
-from ldm.preprocessing.video import load_audio, probe, read_frames
+from ldm.video import load_audio, probe, read_frames
 
 from conftest import FileServer, load_script
 

@@ -432,7 +432,7 @@ def _random_syncnet(path: Path) -> Path:
 @pytest.fixture(scope="module")
 def synth_video(synth, tmp_path_factory) -> Path:
     """The synthetic clip as an H.264 mp4 with a 16 kHz voice-like tone following the mouth."""
-    from ldm.preprocessing.video import write_video
+    from ldm.video import write_video
 
     folder = tmp_path_factory.mktemp("synth_video")
     sr, n = 16000, len(synth["frames"])
@@ -470,7 +470,7 @@ def test_lpips_weights_load_and_identical_frames_score_zero(tmp_path, synth):
 
 def test_syncnet_scores_real_frames(tmp_path, real, real_lms):
     """Random syncnet_v2 weights: LSE-D/LSE-C/offset are finite and of the right kind."""
-    from ldm.preprocessing.video import load_audio
+    from ldm.video import load_audio
 
     model = load_syncnet(_random_syncnet(tmp_path / "syncnet_v2.model"))
     n = 16

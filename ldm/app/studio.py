@@ -25,7 +25,7 @@ from ldm.inference.portrait import PortraitJob, render_portrait
 from ldm.inference.render import RenderOptions, make_sampler
 from ldm.preprocessing.audio_features import SAMPLE_RATE
 from ldm.preprocessing.runner import VIDEO_EXTS
-from ldm.preprocessing.video import load_audio, probe
+from ldm.video import load_audio, probe
 
 logger = logging.getLogger(__name__)
 

@@ -15,7 +15,7 @@ import cv2
 import numpy as np
 import soundfile as sf
 
-from ldm.preprocessing.video import write_video
+from ldm.video import write_video
 
 logger = logging.getLogger(__name__)
 

@@ -11,7 +11,7 @@ import cv2
 import numpy as np
 
 from ldm.demo.sample import make_demo_clip
-from ldm.preprocessing.video import VideoError, ffmpeg_exe, probe, read_frames, write_video
+from ldm.video import VideoError, ffmpeg_exe, probe, read_frames, write_video
 
 logger = logging.getLogger(__name__)
 TRAIN_FRACTION = 0.8

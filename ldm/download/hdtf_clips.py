@@ -15,7 +15,7 @@ from pathlib import Path
 
 from ldm.download.hdtf import Video
 from ldm.download.http import sha256_file
-from ldm.preprocessing.video import VideoError, _ffmpeg_reason, ffmpeg_exe, probe
+from ldm.video import VideoError, ffmpeg_exe, ffmpeg_reason, probe
 
 log = logging.getLogger(__name__)
 
@@ -114,7 +114,7 @@ def cut_clip(raw: Path, dest: Path, start: float, end: float) -> None:
     try:
         proc = subprocess.run([*cmd, str(tmp)], capture_output=True)
         if proc.returncode != 0:
-            raise VideoError(f"{raw}: cutting {dest.name} failed: {_ffmpeg_reason(proc.stderr)}")
+            raise VideoError(f"{raw}: cutting {dest.name} failed: {ffmpeg_reason(proc.stderr)}")
         os.replace(tmp, dest)
     finally:
         tmp.unlink(missing_ok=True)
@@ -126,7 +126,7 @@ def count_frames(path: Path) -> int:
     proc = subprocess.run([*cmd, "-"], capture_output=True)
     found = re.findall(rb"frame=\s*(\d+)", proc.stderr)
     if proc.returncode != 0 or not found:
-        raise VideoError(f"{path}: cannot count frames: {_ffmpeg_reason(proc.stderr)}")
+        raise VideoError(f"{path}: cannot count frames: {ffmpeg_reason(proc.stderr)}")
     return int(found[-1])
 
 

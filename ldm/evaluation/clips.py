@@ -11,7 +11,7 @@ import cv2
 import numpy as np
 
 from ldm.data.layout import FPS
-from ldm.preprocessing.video import VideoError, iter_frames, load_audio, probe
+from ldm.video import VideoError, iter_frames, load_audio, probe
 
 log = logging.getLogger(__name__)
 

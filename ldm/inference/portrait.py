@@ -29,7 +29,7 @@ from ldm.inference.stream import (
 )
 from ldm.preprocessing.audio_features import SAMPLE_RATE, SmoothedWindows, kind_for_dim
 from ldm.preprocessing.pipeline import PreprocessOptions, process_video
-from ldm.preprocessing.video import VideoEncoder, VideoError, load_audio, write_video
+from ldm.video import VideoEncoder, VideoError, load_audio, write_video
 
 logger = logging.getLogger(__name__)
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ldm.preprocessing.video import PathLike, VideoError, iter_frames, probe
+from ldm.video import PathLike, VideoError, iter_frames, probe
 
 WINDOW = 16  # frames held at once (about 100 MB at 1080 x 1920)
 

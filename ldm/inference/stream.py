@@ -21,7 +21,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ldm.inference.render import Renderer, RenderOptions
-from ldm.preprocessing.video import PathLike, VideoEncoder, concat_videos
+from ldm.video import PathLike, VideoEncoder, concat_videos
 
 logger = logging.getLogger(__name__)
 

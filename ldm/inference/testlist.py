@@ -30,8 +30,8 @@ from ldm.inference.stream import (
     render_signature,
     write_image,
 )
-from ldm.preprocessing.video import VideoEncoder
 from ldm.util import instantiate_from_config
+from ldm.video import VideoEncoder
 
 logger = logging.getLogger(__name__)
 

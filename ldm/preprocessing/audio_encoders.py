@@ -16,13 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from ldm.data.layout import AUDIO_WINDOW, FEATURE_DIM, SAMPLE_RATE
-from ldm.preprocessing.audio_features import (
-    HOP,
-    _mel_basis,
-    align_to_grid,
-    n_steps,
-    power_spectrogram,
-)
+from ldm.preprocessing.audio_dsp import HOP, align_to_grid, mel_basis, n_steps, power_spectrogram
 
 log = logging.getLogger(__name__)
 
@@ -222,7 +216,7 @@ def whisper_logmel(seg: np.ndarray, n_mels: int = 80) -> np.ndarray:
     x = np.zeros(WHISPER_SAMPLES, np.float32)
     x[: min(len(seg), WHISPER_SAMPLES)] = seg[:WHISPER_SAMPLES]
     power = power_spectrogram(x, n_fft=400, win=400, hop=160)[:, :-1]  # (201, 3000)
-    mel = _mel_basis(400, n_mels, SAMPLE_RATE, 0.0, SAMPLE_RATE / 2) @ power
+    mel = mel_basis(400, n_mels, SAMPLE_RATE, 0.0, SAMPLE_RATE / 2) @ power
     logs = np.log10(np.maximum(mel, 1e-10))
     logs = np.maximum(logs, logs.max() - 8.0)
     return ((logs + 4.0) / 4.0).astype(np.float32)

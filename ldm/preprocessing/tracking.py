@@ -1,23 +1,70 @@
-"""Frame-to-frame face tracking for the dlib landmarker: search near the last face, else detect."""
+"""Per-clip face tracking: the tracker base and its stats, and the dlib tracker that searches
+near the last face, else detects on the whole frame."""
 
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass, field
+from typing import Protocol
 
+import cv2
 import numpy as np
 
 from ldm.data.layout import N_LANDMARKS
-from ldm.preprocessing.landmarks import (
-    DlibLandmarker,
-    _box_center,
-    _to_gray,
-    _Tracker,
-)
 
 log = logging.getLogger(__name__)
 
 
-class DlibTracker(_Tracker):
+@dataclass
+class TrackStats:
+    """What happened while tracking one clip."""
+
+    n_frames: int = 0
+    n_missing: int = 0  # frames with no face
+    n_multi: int = 0  # frames where the detector saw more than one face
+    first_multi: int = -1  # first such frame (0-based), -1 if none
+    last_multi: int = -1  # last such frame (0-based), -1 if none
+    n_full_searches: int = 0  # frames that needed a whole-frame detection
+    notes: list[str] = field(default_factory=list)
+
+
+def to_gray(frame: np.ndarray) -> np.ndarray:
+    """(H, W) uint8 grayscale view of an RGB or gray frame."""
+    if frame.ndim == 2:
+        return np.ascontiguousarray(frame, np.uint8)
+    return cv2.cvtColor(np.ascontiguousarray(frame, np.uint8), cv2.COLOR_RGB2GRAY)
+
+
+def _box_center(box: np.ndarray) -> np.ndarray:
+    """Centre (x, y) of an (x0, y0, x1, y1) box."""
+    return np.array([(box[0] + box[2]) / 2, (box[1] + box[3]) / 2])
+
+
+class Tracker:
+    """Stateful per-clip tracking; `stats` describes what happened."""
+
+    def __init__(self) -> None:
+        self.stats = TrackStats()
+
+    def update(self, frame_rgb: np.ndarray) -> np.ndarray:
+        """(68, 2) float32 landmarks for the next frame, all NaN if no face."""
+        raise NotImplementedError
+
+
+class FaceFinder(Protocol):
+    """What DlibTracker uses of its landmarker (landmarks.DlibLandmarker)."""
+
+    det_size: int  # longest side of the whole-frame detection image
+    face_px: int  # face width the search window is rescaled to
+
+    def find_faces(self, gray: np.ndarray, scale: float | None = None) -> np.ndarray:
+        """(N, 5) boxes (x0, y0, x1, y1, score) in `gray` pixels, detected at `scale`."""
+
+    def shape(self, gray: np.ndarray, box: np.ndarray) -> np.ndarray:
+        """(68, 2) float32 landmarks inside a face box."""
+
+
+class DlibTracker(Tracker):
     """Track one face through a clip.
 
     Each frame is first searched in a window around the previous face, rescaled so the face is
@@ -29,7 +76,7 @@ class DlibTracker(_Tracker):
     """
 
     def __init__(
-        self, lm: DlibLandmarker, window: float = 3.0, keep_lost: int = 5, scan_every: int = 50
+        self, lm: FaceFinder, window: float = 3.0, keep_lost: int = 5, scan_every: int = 50
     ) -> None:
         super().__init__()
         self.lm = lm
@@ -41,7 +88,7 @@ class DlibTracker(_Tracker):
 
     def update(self, frame_rgb: np.ndarray) -> np.ndarray:
         """(68, 2) float32 landmarks in full-resolution pixels, all NaN when no face."""
-        gray = _to_gray(frame_rgb)
+        gray = to_gray(frame_rgb)
         index = self.stats.n_frames
         self.stats.n_frames += 1
         box = None

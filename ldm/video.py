@@ -50,11 +50,11 @@ def _run(cmd: list[str], path: PathLike, what: str) -> subprocess.CompletedProce
     """Run ffmpeg; raise VideoError naming the file and ffmpeg's last error lines on failure."""
     proc = subprocess.run(cmd, capture_output=True, stdin=subprocess.DEVNULL)
     if proc.returncode != 0:
-        raise VideoError(f"{path}: {what} failed: {_ffmpeg_reason(proc.stderr)}")
+        raise VideoError(f"{path}: {what} failed: {ffmpeg_reason(proc.stderr)}")
     return proc
 
 
-def _ffmpeg_reason(stderr: bytes) -> str:
+def ffmpeg_reason(stderr: bytes) -> str:
     """The most informative last lines of ffmpeg's stderr, without '[ctx @ 0x..]' prefixes."""
     lines = []
     for ln in stderr.decode("utf-8", "replace").splitlines():
@@ -91,7 +91,7 @@ def probe(path: PathLike) -> VideoInfo:
     )
     text = proc.stderr.decode("utf-8", "replace")
     if "Stream #" not in text:
-        raise VideoError(f"{path}: not a readable media file ({_ffmpeg_reason(proc.stderr)})")
+        raise VideoError(f"{path}: not a readable media file ({ffmpeg_reason(proc.stderr)})")
     has_audio = re.search(r"Stream #\S+.*?: Audio:", text) is not None
     m = _DURATION.search(text)
     duration = int(m[1]) * 3600 + int(m[2]) * 60 + float(m[3]) if m else 0.0
@@ -167,14 +167,14 @@ def _pipe_frames(
         err.seek(0)
         stderr = err.read()
     if code != 0:
-        raise VideoError(f"{path}: decoding failed: {_ffmpeg_reason(stderr)}")
+        raise VideoError(f"{path}: decoding failed: {ffmpeg_reason(stderr)}")
     if stderr.strip() and n < expected - max(2, 0.02 * expected):
         raise VideoError(
             f"{path}: decoding stopped after {n} of ~{expected} frames, file truncated or "
-            f"corrupt ({_ffmpeg_reason(stderr)})"
+            f"corrupt ({ffmpeg_reason(stderr)})"
         )
     if stderr.strip():
-        log.warning("%s: the decoder reported errors: %s", path, _ffmpeg_reason(stderr))
+        log.warning("%s: the decoder reported errors: %s", path, ffmpeg_reason(stderr))
 
 
 def read_frames(
@@ -215,7 +215,7 @@ def load_audio(path: PathLike, sr: int = SAMPLE_RATE) -> np.ndarray:
     cmd += ["-ac", "1", "-ar", str(sr), "-f", "s16le", "-acodec", "pcm_s16le", "pipe:1"]
     proc = subprocess.run(cmd, capture_output=True, stdin=subprocess.DEVNULL)
     if proc.returncode != 0:
-        raise VideoError(f"{path}: audio decoding failed: {_ffmpeg_reason(proc.stderr)}")
+        raise VideoError(f"{path}: audio decoding failed: {ffmpeg_reason(proc.stderr)}")
     wav = np.frombuffer(proc.stdout, np.int16).astype(np.float32) / 32768.0
     if wav.size == 0:
         raise VideoError(f"{path}: audio track is empty")
@@ -276,7 +276,7 @@ class VideoEncoder:
     def _failed(self) -> None:
         """Raise VideoError with ffmpeg's reason."""
         self._err.seek(0)
-        raise VideoError(f"{self.path}: encoding failed: {_ffmpeg_reason(self._err.read())}")
+        raise VideoError(f"{self.path}: encoding failed: {ffmpeg_reason(self._err.read())}")
 
     def close(self) -> Path:
         """Finish encoding and publish the file; returns its path."""
