@@ -81,6 +81,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     g.add_argument("--bank-root", default="data/HDTF", help="dataset of the bank's keys")
     g.add_argument("--shared-noise", action="store_true", help="one initial noise for all frames")
+    g.add_argument(
+        "--strength",
+        type=float,
+        default=1.0,
+        help="dpm: start from the reference's mouth noised to this fraction of the schedule "
+        "(SDEdit); 1 = from pure noise, the original",
+    )
     g.add_argument("--batch-size", type=int, default=8)
     g.add_argument("--seed", type=int, default=0)
     g.add_argument(
@@ -116,6 +123,7 @@ def render_options(args: argparse.Namespace) -> RenderOptions:
         reference_bank=args.reference_bank,
         bank_root=args.bank_root,
         shared_noise=args.shared_noise,
+        strength=args.strength,
         batch_size=args.batch_size,
         seed=args.seed,
         first_stage_only=args.first_stage_only,

@@ -75,7 +75,7 @@ def batch_size(configs: list[str], overrides: list[str]) -> int:
 FULL = Budget()
 QUICK = Budget(ae_steps=(200, 200), ldm_steps=(1000, 1000))
 SAMPLE = Budget(ae_steps=(500, 500), ldm_steps=(1500, 1500))  # the previous demo's steps
-SAMPLE_QUICK = Budget(ae_steps=(500, 500), ldm_steps=(1000, 1000))
+SAMPLE_QUICK = Budget(ae_steps=(500, 500), ldm_steps=(700, 700))
 
 
 class Pipeline:

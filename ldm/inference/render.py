@@ -18,7 +18,7 @@ from torch.utils.data import default_collate
 
 from ldm.inference.bank import ReferenceBank
 from ldm.models.diffusion.ddim import DDIMSampler, make_ddim_timesteps, randn
-from ldm.models.diffusion.dpm_solver import DPMSolverSampler
+from ldm.models.diffusion.dpm_solver import DPMSolverSampler, ddim_start
 
 logger = logging.getLogger(__name__)
 
@@ -53,6 +53,9 @@ class RenderOptions:
     batch_size: int = 8
     seed: int = 0
     progress: bool = True
+    strength: float = 1.0  # 1: sample from pure noise (the original); below 1 (dpm only): start
+    # from the aligned reference's latent in the masked region, noised to that fraction of the
+    # schedule (SDEdit); a probe of how much of a real mouth the denoiser keeps (README)
     first_stage_only: bool = False  # no sampling: decode the frame's own latent (the ceiling a
     # rendered frame cannot pass: the truth through the first stage, pasted back the same way)
 
@@ -63,6 +66,10 @@ class RenderOptions:
             raise ValueError(f"unknown reference mode {self.reference!r}; choose {REFERENCE_MODES}")
         if (self.reference == "bank") != (self.reference_bank is not None):
             raise ValueError("reference mode 'bank' and a reference_bank go together")
+        if not 0.0 < self.strength <= 1.0:
+            raise ValueError(f"strength must be in (0, 1], got {self.strength}")
+        if self.strength < 1.0 and self.sampler != "dpm":
+            raise ValueError("strength below 1 needs the dpm sampler")
         if self.batch_size < 1:
             raise ValueError(f"batch size must be >= 1, got {self.batch_size}")
         if self.steps is None:
@@ -75,10 +82,16 @@ def prepare_model(model: torch.nn.Module) -> torch.nn.Module:
     return model.to(memory_format=torch.channels_last)
 
 
-def make_sampler(model: torch.nn.Module, name: str, steps: int) -> DDIMSampler | DPMSolverSampler:
-    """DDIMSampler or DPMSolverSampler for ``model``; checks the step count up front."""
+def make_sampler(
+    model: torch.nn.Module, name: str, steps: int, strength: float = 1.0
+) -> DDIMSampler | DPMSolverSampler:
+    """DDIMSampler or DPMSolverSampler for ``model`` (DPM starting at ``strength`` of the
+    schedule); checks the step count up front."""
     make_ddim_timesteps(steps, model.num_timesteps)  # raises on a count out of range
-    return DPMSolverSampler(model) if name == "dpm" else DDIMSampler(model)
+    if name == "ddim":
+        return DDIMSampler(model)
+    t_start = max(round(strength * ddim_start(model.num_timesteps)), steps)
+    return DPMSolverSampler(model, t_start=t_start)
 
 
 def to_uint8(images: torch.Tensor) -> np.ndarray:
@@ -93,7 +106,7 @@ class Renderer:
     def __init__(self, model: torch.nn.Module, opts: RenderOptions) -> None:
         self.model = prepare_model(model)
         self.opts = opts
-        self.sampler = make_sampler(model, opts.sampler, opts.steps)
+        self.sampler = make_sampler(model, opts.sampler, opts.steps, opts.strength)
         self.bank = None
         if opts.reference == "bank":
             self.bank = ReferenceBank(self.model, opts.reference_bank, opts.bank_root)
@@ -130,9 +143,14 @@ class Renderer:
         if o.first_stage_only:
             return m.decode_first_stage(x0).clamp(-1.0, 1.0)
         corners = m.window_corners(batch)
+        x_start = None
+        if o.strength < 1.0:  # the reference's latent where the frame is masked
+            reference = cond["reference_latent"] * (m.scale_factor / m.condition_scale)
+            x_start = mask * x0 + (1.0 - mask) * reference
         z = m.sample_inpaint(
-            self.sampler, o.steps, cond, x0, mask, corners, eta=o.eta, x_T=x_T, generator=generator
-        )
+            self.sampler, o.steps, cond, x0, mask, corners,
+            eta=o.eta, x_T=x_T, generator=generator, x_start=x_start,
+        )  # fmt: skip
         return m.decode_first_stage(z).clamp(-1.0, 1.0)
 
     def initial_noise(self, index: int) -> torch.Tensor:
