@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 # ----------------------------------------------------------------------------- time and audio
 FPS = 25.0  # video frames per second
@@ -44,6 +45,13 @@ def upper_face_index(landmark: int) -> int:
 REFERENCE_FRAME = 1  # the original's inference reference: every identity's first frame
 REFERENCE_MARGIN = 60  # training references lie outside {f - 60, ..., f + 59}
 MIN_FRAMES_FOR_REFERENCE = 2 * REFERENCE_MARGIN + 2  # shorter clips have frames with none
+
+
+def reference_exclusion(frame: Any, margin: int = REFERENCE_MARGIN) -> tuple[Any, Any]:
+    """(lo, hi): the frames lo..hi (inclusive) too close to ``frame`` (an int or an array) to be
+    its training reference, the original's {frame - margin, ..., frame + margin - 1}."""
+    return frame - margin, frame + margin - 1
+
 
 # ----------------------------------------------------------------------------- keys and lists
 KEY_PATTERN = re.compile(r"^(\d+)_(\d+)$")  # "{id}_{frame}", decimal, no padding, from 1

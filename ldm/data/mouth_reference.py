@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ldm.data.layout import MOUTH, UPPER_FACE_LANDMARKS, format_key
+from ldm.data.layout import MOUTH, UPPER_FACE_LANDMARKS, format_key, reference_exclusion
 from ldm.modules.encoders.mouth import mouth_code, shape_template
 
 logger = logging.getLogger(__name__)
@@ -47,9 +47,8 @@ def nearest_mouths(keys: np.ndarray, codes: np.ndarray, margin: int, k: int) -> 
         rows = np.flatnonzero(keys[:, 0] == vid)
         frames, c = keys[rows, 1].astype(np.int64), codes[rows]
         dist = ((c[:, None] - c[None]) ** 2).sum(-1)
-        near = (frames[None] >= frames[:, None] - margin) & (
-            frames[None] < frames[:, None] + margin
-        )
+        lo, hi = reference_exclusion(frames[:, None], margin)
+        near = (frames[None] >= lo) & (frames[None] <= hi)
         dist[near] = np.inf
         if len(rows) > 1:
             np.fill_diagonal(dist, np.inf)

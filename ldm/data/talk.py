@@ -26,6 +26,7 @@ from ldm.data.layout import (
     parse_key,
     read_frame_counts,
     read_split_keys,
+    reference_exclusion,
 )
 
 logger = logging.getLogger(__name__)
@@ -43,7 +44,8 @@ def sample_reference_frame(
     any other frame is used.
     """
     rng = rng or random
-    lo, hi = max(1, frame - margin), min(n_frames - 1, frame + margin - 1)  # excluded block
+    lo, hi = reference_exclusion(frame, margin)
+    lo, hi = max(1, lo), min(n_frames - 1, hi)  # the excluded block inside the clip
     n_excluded = max(0, hi - lo + 1)
     n_candidates = (n_frames - 1) - n_excluded
     if n_candidates <= 0:
