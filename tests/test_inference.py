@@ -153,6 +153,27 @@ def test_dpm_inpainting_keeps_the_known_region(tiny_model):
     assert known < 0.5 * (out - x0)[..., SIZE // 8 :, :].abs().mean()
 
 
+def test_renderer_starts_from_the_reference_in_the_masked_region(tiny, tiny_model):
+    items = inference_items(tiny)
+    reference = items[0]["reference_img"]
+    renderer = Renderer(tiny_model, RenderOptions(sampler="dpm", steps=3, strength=0.3))
+    seen = {}
+    sample = renderer.sampler.sample
+
+    def spy(steps, cond, shape, **kwargs):
+        seen.update(kwargs, cond=cond)
+        return sample(steps, cond, shape, **kwargs)
+
+    renderer.sampler.sample = spy
+    renderer.render([items[0]], reference)
+    assert renderer.sampler.t_start == round(0.3 * 996)
+    x0, mask, start = seen["x0"], seen["mask"], seen["x_start"]
+    ref = seen["cond"]["reference_latent"] * (tiny_model.scale_factor / tiny_model.condition_scale)
+    assert 0 < mask.mean() < 1
+    torch.testing.assert_close(start * mask, x0 * mask)
+    torch.testing.assert_close(start * (1 - mask), ref * (1 - mask))
+
+
 def test_dpm_from_a_start_latent_keeps_it_more_the_later_it_starts(tiny_model):
     shape = (2, 3, SIZE // 4, SIZE // 4)
     start = torch.randn(shape, generator=torch.Generator().manual_seed(1))

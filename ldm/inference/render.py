@@ -143,14 +143,11 @@ class Renderer:
         if o.first_stage_only:
             return m.decode_first_stage(x0).clamp(-1.0, 1.0)
         corners = m.window_corners(batch)
-        x_start = None
-        if o.strength < 1.0:  # the reference's latent where the frame is masked
+        kwargs = {"eta": o.eta, "x_T": x_T, "generator": generator}
+        if o.strength < 1.0:  # start from the reference's latent where the frame is masked
             reference = cond["reference_latent"] * (m.scale_factor / m.condition_scale)
-            x_start = mask * x0 + (1.0 - mask) * reference
-        z = m.sample_inpaint(
-            self.sampler, o.steps, cond, x0, mask, corners,
-            eta=o.eta, x_T=x_T, generator=generator, x_start=x_start,
-        )  # fmt: skip
+            kwargs["x_start"] = mask * x0 + (1.0 - mask) * reference
+        z = m.sample_inpaint(self.sampler, o.steps, cond, x0, mask, corners, **kwargs)
         return m.decode_first_stage(z).clamp(-1.0, 1.0)
 
     def initial_noise(self, index: int) -> torch.Tensor:
