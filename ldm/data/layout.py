@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 # ----------------------------------------------------------------------------- time and audio
 FPS = 25.0  # video frames per second
 SAMPLE_RATE = 16000  # audio samples per second
@@ -60,6 +62,12 @@ KEY_PATTERN = re.compile(r"^(\d+)_(\d+)$")  # "{id}_{frame}", decimal, no paddin
 def format_key(vid: int, frame: int) -> str:
     """The sample key ``{id}_{frame}`` (file stem under images/, landmarks/, audio_smooth/)."""
     return f"{vid}_{frame}"
+
+
+def read_landmarks_file(root: Path, key: str) -> np.ndarray:
+    """(68, 2) float32 landmarks of frame ``key`` ("{id}_{frame}") of the dataset at ``root``, in
+    the pixels of its preprocessed crop: ``{root}/landmarks/{key}.lms``."""
+    return np.loadtxt(Path(root) / "landmarks" / f"{key}.lms", dtype=np.float32)
 
 
 def parse_key(key: str) -> tuple[int, int]:

@@ -17,7 +17,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ldm.data.layout import MOUTH, UPPER_FACE_LANDMARKS, format_key, reference_exclusion
+from ldm.data.layout import (
+    MOUTH,
+    UPPER_FACE_LANDMARKS,
+    format_key,
+    read_landmarks_file,
+    reference_exclusion,
+)
 from ldm.modules.encoders.mouth import mouth_code, shape_template
 
 logger = logging.getLogger(__name__)
@@ -25,9 +31,7 @@ logger = logging.getLogger(__name__)
 
 def read_landmarks(root: Path, keys: np.ndarray) -> np.ndarray:
     """(N, 68, 2) landmarks of ``{id}_{frame}`` keys (N, 2) from ``root/landmarks``."""
-    return np.stack(
-        [np.loadtxt(root / "landmarks" / f"{format_key(*k)}.lms", dtype=np.float32) for k in keys]
-    )
+    return np.stack([read_landmarks_file(root, format_key(*k)) for k in keys])
 
 
 def shape_codes(landmarks: np.ndarray) -> np.ndarray:

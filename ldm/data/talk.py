@@ -25,6 +25,7 @@ from ldm.data.layout import (
     format_key,
     parse_key,
     read_frame_counts,
+    read_landmarks_file,
     read_split_keys,
     reference_exclusion,
 )
@@ -188,8 +189,7 @@ class TalkBase(Dataset):
         key, ref_key = format_key(vid, frame), format_key(vid, ref)
         image, scale = load_image(self.root / "images" / f"{key}.jpg", self.size)
         reference, _ = load_image(self.root / "images" / f"{ref_key}.jpg", self.size)
-        lms = np.loadtxt(self.root / "landmarks" / f"{key}.lms", dtype=np.float32)
-        ref_lms = np.loadtxt(self.root / "landmarks" / f"{ref_key}.lms", dtype=np.float32)
+        lms, ref_lms = (read_landmarks_file(self.root, k) for k in (key, ref_key))
         audio = np.load(self.audio_path(vid, frame)).astype(np.float32)
         cut = int(lms[self.mask_landmark, 1] / scale)  # first masked row in the resized frame
         image_mask = image.copy()

@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 
+from ldm.data.layout import format_key, read_landmarks_file
 from ldm.data.talk import (
     INFERENCE_MASK_LANDMARK,
     UPPER_FACE_LANDMARKS,
@@ -102,12 +103,11 @@ class PortraitClip:
 
     def image(self, frame: int, size: int) -> tuple[np.ndarray, float]:
         """0-based frame's crop resized to size (size, size, 3) in [-1, 1], and crop/size scale."""
-        return load_image(self.root / "images" / f"{self.meta.id}_{frame + 1}.jpg", size)
+        return load_image(self.root / "images" / f"{format_key(self.meta.id, frame + 1)}.jpg", size)
 
     def landmarks(self, frame: int) -> np.ndarray:
         """(68, 2) landmarks of a 0-based frame in crop pixels (crop side = meta.size)."""
-        path = self.root / "landmarks" / f"{self.meta.id}_{frame + 1}.lms"
-        return np.loadtxt(path, dtype=np.float32)
+        return read_landmarks_file(self.root, format_key(self.meta.id, frame + 1))
 
     def box(self, frame: int) -> list[int]:
         """(x0, y0, side) crop box of a 0-based frame in source pixels."""
