@@ -37,6 +37,12 @@ def similarity(src: torch.Tensor, dst: torch.Tensor) -> torch.Tensor:
     return torch.cat([a, t], dim=2)
 
 
+def invert_affine(a: torch.Tensor) -> torch.Tensor:
+    """(B, 2, 3) affine transforms -> their inverses (B, 2, 3)."""
+    lin_inv = torch.linalg.inv(a[:, :, :2])
+    return torch.cat([lin_inv, -lin_inv @ a[:, :, 2:]], dim=2)
+
+
 def align_references(
     reference: torch.Tensor, ref_landmarks: torch.Tensor, landmarks: torch.Tensor
 ) -> torch.Tensor:
@@ -44,13 +50,13 @@ def align_references(
     targets' ``landmarks``; borders repeat the edge pixels."""
     idx = list(STABLE_POINTS)
     forward = similarity(ref_landmarks[:, idx].double(), landmarks[:, idx].double())
-    full = torch.cat([forward, forward.new_tensor([0.0, 0.0, 1.0]).expand(len(forward), 1, 3)], 1)
-    inverse = torch.linalg.inv(full)[:, :2]  # target pixel -> reference pixel
+    inverse = invert_affine(forward)  # target pixel -> reference pixel
+    bottom = inverse.new_tensor([[0.0, 0.0, 1.0]]).expand(len(inverse), 1, 3)
     h, w = reference.shape[-2:]
     # affine_grid works in [-1, 1] coordinates (align_corners=False): x_n = (2 x + 1) / W - 1
     to_px = inverse.new_tensor([[w / 2, 0, w / 2 - 0.5], [0, h / 2, h / 2 - 0.5], [0, 0, 1]])
     to_norm = torch.linalg.inv(to_px)
-    theta = (to_norm[:2] @ torch.cat([inverse, full[:, 2:]], 1) @ to_px).float()
+    theta = (to_norm[:2] @ torch.cat([inverse, bottom], 1) @ to_px).float()
     grid = F.affine_grid(theta, list(reference.shape), align_corners=False)
     return F.grid_sample(reference, grid.to(reference), padding_mode="border", align_corners=False)
 

@@ -25,7 +25,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from ldm.data.layout import MOUTH
-from ldm.models.diffusion.reference_align import STABLE_POINTS, similarity
+from ldm.models.diffusion.reference_align import STABLE_POINTS, invert_affine, similarity
 
 logger = logging.getLogger(__name__)
 
@@ -57,9 +57,7 @@ def mouth_code(mouth: torch.Tensor, upper: torch.Tensor, template: torch.Tensor)
 
 def mouth_points(code: torch.Tensor, upper: torch.Tensor, template: torch.Tensor) -> torch.Tensor:
     """Inverse of ``mouth_code``: (B, 40) -> (B, 20, 2) pixels on each frame's own face."""
-    a = to_template(upper, template)
-    lin_inv = torch.linalg.inv(a[:, :, :2])
-    inverse = torch.cat([lin_inv, -lin_inv @ a[:, :, 2:]], dim=2)
+    inverse = invert_affine(to_template(upper, template))
     return affine(code.double().view(-1, N_MOUTH, 2), inverse).float()
 
 
