@@ -25,12 +25,10 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 from ldm.callbacks import SetupCallback
+from ldm.config import ConfigError, check_trainer_kwargs, load_config
 from ldm.train_utils import (
     AtomicCheckpointIO,
-    ConfigError,
-    check_trainer_kwargs,
     first_stage_ckpt,
-    load_config,
     parse_gpus,
     resolve_resume,
     resolve_strategy,

@@ -29,6 +29,7 @@ import soundfile as sf
 import torch
 from omegaconf import OmegaConf
 
+from ldm.config import load_config
 from ldm.data.layout import FPS
 from ldm.inference.clip import driving_audio
 from ldm.preprocessing import synthetic
@@ -46,7 +47,7 @@ CLIP_ID = 1
 def build_model(work: Path, frame: int) -> tuple[Path, Path]:
     """The small config at ``frame`` px frames with random weights, saved as a checkpoint and
     its config."""
-    cfg = OmegaConf.load(SMALL)
+    cfg = load_config([str(SMALL)])
     cfg.model.params.first_stage_config.params.ckpt_path = None
     latent = frame // 4  # the f4 first stage
     cfg.model.params.image_size = cfg.model.params.unet_config.params.image_size = latent

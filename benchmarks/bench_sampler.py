@@ -22,8 +22,9 @@ import numpy as np
 import torch
 from omegaconf import OmegaConf
 
+from ldm.config import load_config
 from ldm.data.layout import UPPER_FACE_LANDMARKS
-from ldm.inference.checkpoint import load_config, load_model
+from ldm.inference.checkpoint import load_model
 from ldm.inference.render import Renderer, RenderOptions, prepare_model
 from ldm.models.diffusion.ddim import DDIMSampler
 from ldm.models.diffusion.dpm_solver import DPMSolverSampler
@@ -75,7 +76,7 @@ def stack(items: list[dict], keys: tuple[str, ...]) -> dict[str, torch.Tensor]:
 def train_small(steps: int, n: int = 8) -> torch.nn.Module:
     """The small config (random first stage) trained ``steps`` steps on synthetic frames."""
     torch.manual_seed(0)
-    cfg = OmegaConf.load(SMALL)
+    cfg = load_config([SMALL])
     cfg.model.params.first_stage_config.params.ckpt_path = None
     model = instantiate_from_config(cfg.model)
     model.learning_rate = 2e-3

@@ -335,8 +335,8 @@ class TrainReport(Callback):
         batch: Any,
         batch_idx: int,
     ) -> None:
-        if "frame_id" in batch and "frame" in batch:
-            keys = zip(batch["frame_id"].tolist(), batch["frame"].tolist(), strict=True)
+        if "video_id" in batch and "frame" in batch:
+            keys = zip(batch["video_id"].tolist(), batch["frame"].tolist(), strict=True)
             self.record["samples"].extend(f"{v}_{f}" for v, f in keys)
         self.record["step_end_times"].append(time.perf_counter())
 

@@ -46,11 +46,14 @@ def mean_flat(tensor: torch.Tensor) -> torch.Tensor:
     return tensor.mean(dim=list(range(1, tensor.ndim)))
 
 
-def load_state_dict_file(path: str | Path, missing_hint: str = "") -> dict[str, torch.Tensor]:
+def load_state_dict_file(
+    path: str | Path, missing_hint: str = "", allow_pickle: bool = True
+) -> dict[str, torch.Tensor]:
     """The ``state_dict`` of a Lightning/LDM checkpoint (or a bare state dict), on the CPU.
 
-    Loads with ``weights_only=True``; old Lightning 1.x files that pickle Python objects fall
-    back to a full load, with a warning naming the file.
+    Loads with ``weights_only=True``; with ``allow_pickle``, old Lightning 1.x files that pickle
+    Python objects fall back to a full load, with a warning naming the file. The one loader of
+    model, first-stage, LPIPS and metric weights.
     """
     path = Path(path)
     if not path.is_file():
@@ -58,10 +61,16 @@ def load_state_dict_file(path: str | Path, missing_hint: str = "") -> dict[str, 
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError:
+        if not allow_pickle:
+            raise
         logger.warning(
             "%s holds pickled Python objects (an old Lightning checkpoint); loading it with "
             "weights_only=False, which runs code from the file: only do this for files you trust.",
             path,
         )
         ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    return ckpt["state_dict"] if "state_dict" in ckpt else ckpt
+    if isinstance(ckpt, dict) and isinstance(ckpt.get("state_dict"), dict):
+        ckpt = ckpt["state_dict"]
+    if not isinstance(ckpt, dict):
+        raise ValueError(f"{path}: expected a state dict, found {type(ckpt).__name__}")
+    return ckpt

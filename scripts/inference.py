@@ -25,7 +25,8 @@ from pathlib import Path
 
 import torch
 
-from ldm.inference.checkpoint import DEFAULT_CONFIG, CheckpointError, load_config, load_model
+from ldm.config import load_config
+from ldm.inference.checkpoint import DEFAULT_CONFIG, CheckpointError, load_model
 from ldm.inference.clip import LOOP_MODES
 from ldm.inference.portrait import PortraitJob, render_portrait
 from ldm.inference.render import REFERENCE_MODES, SAMPLERS, RenderOptions

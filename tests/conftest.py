@@ -12,6 +12,8 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
+from ldm.config import load_config
+
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
 FIXTURES = SHARED / "fixtures"
@@ -61,7 +63,7 @@ def original_vectors() -> dict:
 
 def small_config(**unet_overrides) -> OmegaConf:
     """The CPU config with a random (checkpoint-free) first stage."""
-    cfg = OmegaConf.load(ROOT / "configs/latent-diffusion/talking-small.yaml")
+    cfg = load_config([str(ROOT / "configs/latent-diffusion/talking-small.yaml")])
     cfg.model.params.first_stage_config.params.ckpt_path = None
     for k, v in unet_overrides.items():
         cfg.model.params.unet_config.params[k] = v

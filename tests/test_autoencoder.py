@@ -13,6 +13,7 @@ import torch
 from omegaconf import OmegaConf
 from torch.utils.data import DataLoader
 
+from ldm.config import load_config
 from ldm.data.images import ImageFolder
 from ldm.models.autoencoder import AutoencoderKL, VQModel, VQModelInterface
 from ldm.modules.distributions import DiagonalGaussianDistribution
@@ -242,14 +243,14 @@ def test_small_vq_training_reduces_reconstruction_loss():
 
 
 def test_small_config_builds_and_matches_talking_small():
-    cfg = OmegaConf.load(ROOT / "configs/autoencoder/vq_f4_small.yaml")
+    cfg = load_config([str(ROOT / "configs/autoencoder/vq_f4_small.yaml")])
     model = instantiate_from_config(cfg.model)
     assert model.loss.perceptual_weight == 0.0  # no weights file here: perceptual term off
     with torch.no_grad():
         h = model.encode_to_prequant(torch.zeros(1, 3, 128, 128))
     assert h.shape == (1, 3, 32, 32)
     talking = _require(ROOT / "configs/latent-diffusion/talking-small.yaml")
-    frozen = OmegaConf.load(talking).model.params.first_stage_config.params
+    frozen = load_config([str(talking)]).model.params.first_stage_config.params
     for key in ("ddconfig", "n_embed", "embed_dim"):
         assert frozen[key] == cfg.model.params[key], key
 

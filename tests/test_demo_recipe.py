@@ -13,10 +13,10 @@ import pytest
 import torch
 from test_train import common_overrides, data, data_overrides, load_main, the_logdir  # noqa: F401
 
+from ldm.config import load_config
 from ldm.demo.pipeline import FULL, Budget, batch_size
 from ldm.demo.steps import expand_videos, split_footage
 from ldm.inference.checkpoint import load_model
-from ldm.train_utils import load_config
 from ldm.video import VideoError, write_video
 
 from conftest import ROOT

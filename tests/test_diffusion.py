@@ -7,9 +7,9 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
+from ldm.config import ConfigError, check_targets
 from ldm.models.diffusion.ddim import DDIMSampler, make_ddim_timesteps
 from ldm.models.diffusion.ddpm import DDPM
-from ldm.train_utils import ConfigError, check_targets
 
 UNET = "ldm.modules.diffusionmodules.openaimodel.UNetModel"
 

@@ -14,8 +14,9 @@ import torch
 from omegaconf import OmegaConf
 from torch.utils.data import DataLoader
 
+from ldm.config import load_config
 from ldm.data.talk import TalkInference
-from ldm.inference.checkpoint import CheckpointError, load_config, load_model
+from ldm.inference.checkpoint import CheckpointError, load_model
 from ldm.inference.clip import frame_indices, n_video_frames
 from ldm.inference.paste import paste_face, paste_mask
 from ldm.inference.render import Renderer, RenderOptions

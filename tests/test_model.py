@@ -6,6 +6,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
+from ldm.config import load_config
 from ldm.modules.attention import CrossAttention
 from ldm.modules.diffusionmodules.openaimodel import UNetModel
 from ldm.modules.encoders.modules import AudioAttNet, AudioNet, LdmNet, encode_audio
@@ -121,7 +122,7 @@ def test_unet_keeps_shapes_and_gradient_checkpointing_gives_the_same_gradients()
 
 def small_model_on_meta(**overrides):
     """The small config on the meta device with dotted-key overrides under model.params."""
-    cfg = OmegaConf.load(ROOT / "configs/latent-diffusion/talking-small.yaml")
+    cfg = load_config([str(ROOT / "configs/latent-diffusion/talking-small.yaml")])
     cfg.model.params.first_stage_config.params.ckpt_path = None
     for key, value in overrides.items():
         OmegaConf.update(cfg.model.params, key, value)

@@ -94,7 +94,7 @@ def test_an_unfitted_predictor_says_how_it_gets_fitted():
 
 def mouth_model_and_batch():
     """A small talking-demo LatentDiffusion with a MouthPredictor (fitted) and a batch."""
-    from ldm.train_utils import load_config
+    from ldm.config import load_config
     from ldm.util import instantiate_from_config
 
     from conftest import ROOT

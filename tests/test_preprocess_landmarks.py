@@ -8,11 +8,11 @@ import cv2
 import numpy as np
 import pytest
 
+from ldm.inference.paste import paste_face
 from ldm.preprocessing.crop import (
     crop_frame,
     fill_gaps,
     find_gaps,
-    paste_crop,
     plan_crop,
     to_crop_coords,
     to_source_coords,
@@ -157,17 +157,17 @@ def test_crop_coordinate_roundtrip_and_pixels():
     np.testing.assert_allclose(back, [[10, 20], [399, 0]], atol=1e-4)
 
 
-def test_paste_crop_inverts_crop_frame():
+def test_paste_face_inverts_crop_frame():
     rng = np.random.default_rng(0)
     frame = cv2.GaussianBlur(rng.integers(0, 255, (300, 400, 3), dtype=np.uint8), (0, 0), 4)
     box = np.array([120, 40, 200])
     crop = crop_frame(frame, box, 256)
-    back = paste_crop(np.zeros_like(frame), crop, box)
+    back = paste_face(np.zeros_like(frame), crop, box, np.ones((200, 200), np.float32))
     inner = (slice(45, 235), slice(125, 315))
     assert np.abs(back[inner].astype(int) - frame[inner]).mean() < 2.0
     assert back[:40].max() == 0 and back[:, :120].max() == 0  # outside the box untouched
-    half = np.zeros((256, 256), np.float32)
-    half[128:] = 1.0  # only the lower half of the crop is pasted
-    mixed = paste_crop(frame, np.zeros_like(crop), box, mask=half)
+    half = np.zeros((200, 200), np.float32)  # weights over the box's source pixels
+    half[100:] = 1.0  # only the lower half of the crop is pasted
+    mixed = paste_face(frame, np.zeros_like(crop), box, half)
     assert (mixed[60:120, 150:300] == frame[60:120, 150:300]).all()
     assert mixed[160:230, 150:300].max() == 0

@@ -18,9 +18,9 @@ import pytest
 import torch
 
 from ldm.callbacks import make_grid, tree_digest
+from ldm.config import ConfigError
 from ldm.train_utils import (
     AtomicCheckpointIO,
-    ConfigError,
     parse_gpus,
     resolve_resume,
     scaled_learning_rate,

@@ -18,8 +18,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ldm.config import load_config
 from ldm.evaluation.clips import IMAGE_EXTS, ClipFrames, match_sources
-from ldm.inference.checkpoint import DEFAULT_CONFIG, CheckpointError, load_config, load_model
+from ldm.inference.checkpoint import DEFAULT_CONFIG, CheckpointError, load_model
 from ldm.inference.clip import n_video_frames
 from ldm.inference.portrait import PortraitJob, render_portrait
 from ldm.inference.render import RenderOptions, make_sampler

@@ -100,6 +100,28 @@ def jaw_latent_mask(
     return (np.asarray(small) > 127).astype(np.float32)
 
 
+def frame_item(
+    image: np.ndarray, lms: np.ndarray, audio: np.ndarray, scale: float, mask_landmark: int
+) -> dict[str, Any]:
+    """The conditions of one frame, for training and rendering alike (SPEC 2-3): the frame
+    (size, size, 3) in [-1, 1] with its rows from ``mask_landmark`` down hidden, the 39 upper-face
+    landmarks in its pixels, and its audio windows (8, 16, D). ``lms`` (68, 2) are in crop pixels
+    (crop side = scale * size)."""
+    size = image.shape[0]
+    cut = int(lms[mask_landmark, 1] / scale)  # first masked row in the resized frame
+    image_mask = image.copy()
+    image_mask[cut:] = -1.0
+    inpaint_mask = np.zeros((size, size), dtype=np.float32)
+    inpaint_mask[cut:] = 1.0
+    return {
+        "image": image,  # (H, W, 3) in [-1, 1]
+        "image_mask": image_mask,  # rows from the mask landmark down set to -1
+        "inpaint_mask": inpaint_mask,  # (H, W): 1 where image_mask hides the frame
+        "landmarks": (lms[list(UPPER_FACE_LANDMARKS)] / scale).astype(np.float32),  # (39, 2)
+        "audio_smooth": audio.astype(np.float32),  # (8, 16, D)
+    }
+
+
 class TalkBase(Dataset):
     """Frames, references, masked frames, landmarks and audio windows of ``{id}_{frame}`` keys."""
 
@@ -190,22 +212,13 @@ class TalkBase(Dataset):
         image, scale = load_image(self.root / "images" / f"{key}.jpg", self.size)
         reference, _ = load_image(self.root / "images" / f"{ref_key}.jpg", self.size)
         lms, ref_lms = (read_landmarks_file(self.root, k) for k in (key, ref_key))
-        audio = np.load(self.audio_path(vid, frame)).astype(np.float32)
-        cut = int(lms[self.mask_landmark, 1] / scale)  # first masked row in the resized frame
-        image_mask = image.copy()
-        image_mask[cut:] = -1.0
-        inpaint_mask = np.zeros((self.size, self.size), dtype=np.float32)
-        inpaint_mask[cut:] = 1.0
-        item = {
-            "image": image,  # (H, W, 3) in [-1, 1]
+        audio = np.load(self.audio_path(vid, frame))
+        item = frame_item(image, lms, audio, scale, self.mask_landmark)
+        item |= {
             "reference_img": reference,
-            "image_mask": image_mask,  # rows from the mask landmark down set to -1
-            "inpaint_mask": inpaint_mask,  # (H, W): 1 where image_mask hides the frame
-            "landmarks": lms[list(UPPER_FACE_LANDMARKS)] / scale,  # (39, 2) pixels of size x size
             "reference_landmarks": ref_lms[list(UPPER_FACE_LANDMARKS)] / scale,  # the reference's
             "mouth_landmarks": lms[list(MOUTH)] / scale,  # (20, 2): read by a MouthPredictor
-            "audio_smooth": audio,  # (8, 16, D)
-            "frame_id": vid,
+            "video_id": vid,
             "frame": frame,
             "reference_frame": int(ref),
         }

@@ -17,8 +17,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from ldm.config import load_config
 from ldm.demo.steps import Footage, frame_grid, grid_frames, latest_run, side_by_side
-from ldm.train_utils import load_config
 
 logger = logging.getLogger(__name__)
 ROOT = Path(__file__).resolve().parents[2]
@@ -28,7 +28,11 @@ LDM_CONFIGS = (
     "configs/latent-diffusion/talking-demo.yaml",
 )
 # the built-in sample keeps the previous recipe (talking-demo-sample.yaml says why)
-SAMPLE_AE = ("configs/autoencoder/vq_f4_small.yaml", "data.params.train.params.crop_size=64")
+SAMPLE_AE = (  # 64 px patches; 8 validation frames (validation does not change the training)
+    "configs/autoencoder/vq_f4_small.yaml",
+    "data.params.train.params.crop_size=64",
+    "data.params.validation.params.max_items=8",
+)
 SAMPLE_LDM = (
     "configs/latent-diffusion/talking-small.yaml",
     "configs/latent-diffusion/talking-demo-sample.yaml",
@@ -138,7 +142,7 @@ class Pipeline:
         """Train the KL-f4 first stage on the training frames; returns its checkpoint."""
         configs, extra = [AE_CONFIG], self.data_overrides(images=True)
         if self.sample:
-            configs, extra = [SAMPLE_AE[0]], [*extra, SAMPLE_AE[1], "data.params.batch_size=8"]
+            configs, extra = [SAMPLE_AE[0]], [*extra, *SAMPLE_AE[1:], "data.params.batch_size=8"]
         steps = self.budget.first_stage(n_frames, batch_size(configs, extra))
         logger.info("first stage: %d steps for %d training frames", steps, n_frames)
         run_dir = self.train("first_stage", configs, steps, extra)

@@ -15,12 +15,11 @@ import cv2
 import numpy as np
 import soundfile as sf
 
+from ldm.data.layout import FPS, MOUTH, SAMPLE_RATE
 from ldm.video import write_video
 
 logger = logging.getLogger(__name__)
 
-FPS = 25
-SAMPLE_RATE = 16000
 FACE_BOX = (130, 40, 322, 232)  # (x0, y0, x1, y1): the astronaut's face with margin
 MAX_GAP = 0.075  # mouth opening at envelope 1, as a fraction of the frame height
 
@@ -65,7 +64,7 @@ def mouth_landmarks(face: np.ndarray) -> np.ndarray:
 def open_mouth(face: np.ndarray, gap: float, lms: np.ndarray) -> np.ndarray:
     """Lower the lower lip and jaw smoothly by ``gap`` px below the lip line; the gap is dark."""
     h, w = face.shape[:2]
-    cx = lms[48:68, 0].mean()
+    cx = lms[MOUTH, 0].mean()
     split = (lms[62, 1] + lms[66, 1]) / 2  # between the inner lips
     half_w, chin = (lms[54, 0] - lms[48, 0]) / 2, lms[8, 1]
     yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)

@@ -10,19 +10,14 @@ class WeightsError(ValueError):
 
 
 def load_state_dict(path: str | Path, what: str) -> dict:
-    """A torch state dict from `path` (a `state_dict` entry is unwrapped) or WeightsError."""
-    import torch
+    """ldm.util.load_state_dict_file without pickles; any failure is a WeightsError naming it."""
+    from ldm.util import load_state_dict_file
 
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # pickle, zip and tensor errors all mean "not a usable file"
+        return load_state_dict_file(path, allow_pickle=False)
+    except Exception as err:  # missing, pickle, zip and tensor errors: "not a usable file"
         first = (str(err).strip().splitlines() or [""])[0][:120]
         raise WeightsError(
             f"{path}: cannot load {what} weights as a torch state dict "
             f"({type(err).__name__}: {first})"
         ) from err
-    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
-        state = state["state_dict"]
-    if not isinstance(state, dict):
-        raise WeightsError(f"{path}: expected a {what} state dict, found {type(state).__name__}")
-    return state

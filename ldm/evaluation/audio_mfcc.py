@@ -7,6 +7,8 @@ import decimal
 import numpy as np
 from scipy.fft import dct
 
+from ldm.data.layout import SAMPLE_RATE
+
 WIN_SECONDS, STEP_SECONDS = 0.025, 0.01
 N_FFT, N_FILTERS, N_CEPSTRA = 512, 26, 13
 PREEMPHASIS, LIFTER = 0.97, 22
@@ -49,7 +51,7 @@ def mel_filterbank(sr: int, n_fft: int = N_FFT, n_filters: int = N_FILTERS) -> n
     return fb
 
 
-def mfcc(signal: np.ndarray, sr: int = 16000) -> np.ndarray:
+def mfcc(signal: np.ndarray, sr: int = SAMPLE_RATE) -> np.ndarray:
     """(N, 13) MFCC at 100 Hz; c0 is replaced by the log frame energy (appendEnergy)."""
     x = np.asarray(signal, np.float64)
     x = np.append(x[0], x[1:] - PREEMPHASIS * x[:-1])

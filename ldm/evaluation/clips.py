@@ -10,7 +10,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from ldm.data.layout import FPS
+from ldm.data.layout import FPS, SAMPLE_RATE
 from ldm.video import VideoError, iter_frames, load_audio, probe
 
 log = logging.getLogger(__name__)
@@ -116,7 +116,7 @@ def read_clip(path: str | Path, fps: float = FPS, max_frames: int | None = None)
     return np.stack(frames)
 
 
-def read_audio(path: str | Path, sr: int = 16000) -> np.ndarray | None:
+def read_audio(path: str | Path, sr: int = SAMPLE_RATE) -> np.ndarray | None:
     """Mono float32 audio of a media file at `sr` Hz, or None for folders and silent videos."""
     p = Path(path)
     if p.is_dir() or p.suffix.lower() in IMAGE_EXTS:

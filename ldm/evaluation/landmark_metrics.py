@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 
-UPPER_FACE = np.r_[17:48]  # brows 17-26, nose 27-35, eyes 36-47: rigid enough to align heads
-MOUTH = np.r_[48:68]  # the 20 mouth points LMD is measured on
+from ldm.data import layout
+
+# brows 17-26, nose 27-35, eyes 36-47: rigid enough to align heads
+UPPER_FACE = np.r_[layout.BROWS, layout.NOSE, layout.EYES]
+MOUTH = np.r_[layout.MOUTH]  # the 20 mouth points LMD is measured on
 INNER_LIP_PAIRS = ((61, 67), (62, 66), (63, 65))  # (upper, lower) inner-lip points
 LEFT_EYE, RIGHT_EYE = np.r_[36:42], np.r_[42:48]
 OUTER_EYE_CORNERS = (36, 45)  # inter-ocular distance, as in the 300-W normalisation

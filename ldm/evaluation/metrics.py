@@ -8,12 +8,14 @@ from collections.abc import Iterable
 import cv2
 import numpy as np
 
+from ldm.data.layout import JAW, MOUTH
+
 MAX_VALUE = 255.0  # uint8 data range
 SSIM_SIGMA = 1.5  # Gaussian window of Wang et al. 2004 (11 x 11 after truncation at 3.5 sigma)
 SSIM_RADIUS = 5
 SSIM_K1, SSIM_K2 = 0.01, 0.03
 # iBUG-68 points that bound the lower face: jaw 2..14 (cheek level to chin) and the mouth 48..67
-LOWER_FACE_POINTS = np.r_[2:15, 48:68]
+LOWER_FACE_POINTS = np.r_[JAW[2:15], MOUTH]
 REGION_MARGIN = 0.1  # box growth on each side, as a fraction of the box width/height
 # sharpness band-pass: GaussianBlur(sigma 1) - GaussianBlur(sigma 3) of the luma (detail of ~2-6 px)
 SHARP_SIGMA_FINE, SHARP_SIGMA_COARSE = 1.0, 3.0

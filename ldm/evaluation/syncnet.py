@@ -19,6 +19,7 @@ import torch
 from scipy.signal import medfilt
 from torch import nn
 
+from ldm.data.layout import SAMPLE_RATE
 from ldm.evaluation import WeightsError, load_state_dict
 from ldm.evaluation.audio_mfcc import mfcc
 
@@ -186,11 +187,11 @@ def offset_distances(lip: torch.Tensor, aud: torch.Tensor, vshift: int = VSHIFT)
 
 def lse(
     model: SyncNet, frames: Iterable[np.ndarray], lms: np.ndarray, audio: np.ndarray,
-    sr: int = 16000,
+    sr: int = SAMPLE_RATE,
 ) -> dict[str, float]:  # fmt: skip
     """LSE-D, LSE-C and the best AV offset (frames) of 25 fps RGB frames (one per landmark row,
     read one at a time) with 16 kHz audio."""
-    if sr != 16000:
+    if sr != SAMPLE_RATE:
         raise ValueError(f"SyncNet expects 16 kHz audio, got {sr} Hz")
     track = crop_track(lms)
     n = min(len(lms), len(audio) // SAMPLES_PER_FRAME) - WINDOW

@@ -44,14 +44,6 @@ class CheckpointError(ValueError):
     """A checkpoint is missing or does not fit the config; the message says what differs."""
 
 
-def load_config(paths: Sequence[str | Path]) -> DictConfig:
-    """OmegaConf.merge of the YAML files, left to right (as main.py's ``--base``)."""
-    missing = [str(p) for p in paths if not Path(p).is_file()]
-    if missing:
-        raise FileNotFoundError(f"config file(s) not found: {', '.join(missing)}")
-    return OmegaConf.merge(*(OmegaConf.load(p) for p in paths))
-
-
 def _listed(keys: Sequence[str]) -> str:
     """Up to MAX_LISTED_KEYS keys, then how many more."""
     keys = sorted(keys)

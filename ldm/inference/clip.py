@@ -10,10 +10,10 @@ from typing import Any
 
 import numpy as np
 
-from ldm.data.layout import format_key, read_landmarks_file
+from ldm.data.layout import FPS, UPPER_FACE_LANDMARKS, format_key, read_landmarks_file
 from ldm.data.talk import (
     INFERENCE_MASK_LANDMARK,
-    UPPER_FACE_LANDMARKS,
+    frame_item,
     jaw_latent_mask,
     load_image,
 )
@@ -22,7 +22,6 @@ from ldm.preprocessing.dataset import ClipMeta
 
 logger = logging.getLogger(__name__)
 
-FPS = 25.0
 LOOP_MODES = ("pingpong", "loop")
 
 
@@ -74,19 +73,10 @@ def make_item(
     latent_size: int,
     mask_landmark: int = INFERENCE_MASK_LANDMARK,
 ) -> dict[str, Any]:
-    """One TalkInference item from a frame (size, size, 3) in [-1, 1], its (68, 2) landmarks in
-    crop pixels (crop side = scale * size) and its audio windows (8, 16, D) (SPEC 3)."""
-    size = image.shape[0]
-    cut = int(lms[mask_landmark, 1] / scale)  # first masked row in the resized frame
-    image_mask = image.copy()
-    image_mask[cut:] = -1.0
-    return {
-        "image": image,
-        "image_mask": image_mask,
-        "landmarks": (lms[list(UPPER_FACE_LANDMARKS)] / scale).astype(np.float32),
-        "audio_smooth": audio.astype(np.float32),
-        "inference_mask": jaw_latent_mask(lms, round(scale * size), latent_size)[None],
-    }
+    """One TalkInference item (SPEC 3): talk.frame_item plus the jaw latent mask."""
+    item = frame_item(image, lms, audio, scale, mask_landmark)
+    item["inference_mask"] = jaw_latent_mask(lms, round(scale * image.shape[0]), latent_size)[None]
+    return item
 
 
 @dataclass

@@ -13,6 +13,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 
+from ldm.data.layout import FPS
 from ldm.inference.clip import PortraitClip, PortraitItems, driving_audio, frame_indices
 from ldm.inference.paste import paste_face, paste_mask
 from ldm.inference.render import Renderer, RenderOptions
@@ -33,7 +34,6 @@ from ldm.video import VideoEncoder, VideoError, load_audio, write_video
 
 logger = logging.getLogger(__name__)
 
-FPS = 25.0
 PORTRAIT_ID = 1  # id of the portrait inside its temporary dataset root
 MASK_CACHE = 4  # paste masks kept (a photo or a still source reuses one)
 

@@ -20,6 +20,7 @@ import numpy as np
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import Subset
 
+from ldm.data.layout import FPS
 from ldm.inference.render import Renderer, RenderOptions
 from ldm.inference.stream import (
     CHUNK_FRAMES,
@@ -35,7 +36,6 @@ from ldm.video import VideoEncoder
 
 logger = logging.getLogger(__name__)
 
-FPS = 25.0
 INFERENCE_TARGET = "ldm.data.talk.TalkInference"
 TRAIN_ONLY_PARAMS = ("max_items", "mask_landmark", "reference_frame", "resample_reference")
 

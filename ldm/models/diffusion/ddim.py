@@ -8,8 +8,9 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-if TYPE_CHECKING:
-    from ldm.models.diffusion.ddpm import DDPM, Cond
+if TYPE_CHECKING:  # neither imports this module: no circle, even for a type checker
+    from ldm.models.diffusion.gaussian import DDPM
+    from ldm.models.diffusion.wrapper import Cond
 
 
 def make_ddim_timesteps(num_ddim_steps: int, num_ddpm_timesteps: int) -> np.ndarray:

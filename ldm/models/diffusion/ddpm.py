@@ -159,7 +159,7 @@ class LatentDiffusion(DDPM):
         kind = "image_mask" if key == "image_mask" else "image"  # a reference is a plain frame
         return self.latent_cache.encode(
             lambda idx: self.encode_batch_images(batch[key][idx]),
-            batch["frame_id"],
+            batch["video_id"],
             batch[frame_key],
             kind,
             self.device,
@@ -188,7 +188,7 @@ class LatentDiffusion(DDPM):
             return encode(torch.arange(len(batch["landmarks"])))
         pair = batch["frame"] * REFERENCE_KEY + batch["reference_frame"]  # frames < 2**20
         return self.latent_cache.encode(
-            encode, batch["frame_id"], pair, "aligned_reference", self.device
+            encode, batch["video_id"], pair, "aligned_reference", self.device
         )
 
     @property

@@ -29,7 +29,8 @@ from tqdm.auto import tqdm
 from ldm.models.diffusion.ddim import inpaint_known, make_ddim_timesteps, randn
 
 if TYPE_CHECKING:
-    from ldm.models.diffusion.ddpm import DDPM, Cond
+    from ldm.models.diffusion.gaussian import DDPM
+    from ldm.models.diffusion.wrapper import Cond
 
 SPACINGS = ("time", "logsnr")
 LOWER_ORDER_FINAL_BELOW = 15  # first-order last step for short schedules (DPM-Solver's default)

@@ -24,7 +24,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from ldm.data.layout import MOUTH
+from ldm.data.layout import FEATURE_DIM, MOUTH
 from ldm.models.diffusion.reference_align import STABLE_POINTS, invert_affine, similarity
 
 logger = logging.getLogger(__name__)
@@ -73,7 +73,7 @@ class MouthPredictor(nn.Module):
 
     def __init__(
         self,
-        feature_dim: int = 29,
+        feature_dim: int = FEATURE_DIM,
         win_size: int = 16,
         centre: int = 4,  # the frame's own window among the 8 (frames f-4 .. f+3)
         smooth: int = 2,  # predictions averaged over frames f-smooth .. f+smooth

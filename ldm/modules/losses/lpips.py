@@ -14,6 +14,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ldm.util import load_state_dict_file
+
 logger = logging.getLogger(__name__)
 
 # torchvision vgg16 `features` layout: conv widths, "M" = 2x2 max-pool.
@@ -134,9 +136,7 @@ def to_lpips_keys(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Ten
 
 def load_lpips(path: str | Path) -> LPIPS:
     """Build LPIPS and load VGG16 + lin weights from `path` (a state dict or a checkpoint)."""
-    raw = torch.load(path, map_location="cpu", weights_only=True)
-    if "state_dict" in raw:
-        raw = raw["state_dict"]
+    raw = load_state_dict_file(path, allow_pickle=False)
     model = LPIPS()
     state_dict = to_lpips_keys(raw)
     missing, unexpected = model.load_state_dict(state_dict, strict=False)
