@@ -14,7 +14,16 @@ import torch
 from test_train import common_overrides, data, data_overrides, load_main, the_logdir  # noqa: F401
 
 from ldm.config import load_config
-from ldm.demo.pipeline import FULL, Budget, batch_size
+from ldm.demo.pipeline import (
+    AE_CONFIG,
+    FULL,
+    NO_BAR,
+    SAMPLE,
+    SAMPLE_AE,
+    Budget,
+    Pipeline,
+    batch_size,
+)
 from ldm.demo.steps import expand_videos, split_footage
 from ldm.inference.checkpoint import load_model
 from ldm.video import VideoError, write_video
@@ -146,6 +155,21 @@ def test_budget_follows_the_training_frames_and_the_configs_batch_sizes():
     yaml_batch = load_config([str(KL_SMALL)], []).data.params.batch_size
     assert batch_size([str(KL_SMALL)], []) == yaml_batch
     assert batch_size([str(SMALL), str(DEMO)], ["data.params.batch_size=5"]) == 5
+
+
+def test_trainings_that_log_progress_turn_the_bar_off(tmp_path, monkeypatch):
+    commands = {}
+    monkeypatch.setattr(Pipeline, "run", lambda self, stage, cmd: commands.setdefault(stage, cmd))
+    monkeypatch.setattr("ldm.demo.pipeline.latest_run", lambda logs, stage: tmp_path)
+    for sample in (False, True):
+        pipe = Pipeline(tmp_path / str(sample), SAMPLE, sample=sample)
+        commands.clear()
+        first_stage = [SAMPLE_AE[0]] if sample else [AE_CONFIG]
+        pipe.train("first_stage", first_stage, 10, pipe.data_overrides(images=True))
+        pipe.talking(100, tmp_path / "first_stage.ckpt")
+        # kl_f4_small and both talking configs have a ProgressETA; the sample's VQ has none
+        assert (NO_BAR in commands["first_stage"]) is not sample
+        assert NO_BAR in commands["talking"]
 
 
 def make_clip(path, audio: bool = True, seconds: float = 1.0):
