@@ -30,10 +30,9 @@ import torch
 from omegaconf import OmegaConf
 
 from ldm.config import load_config
-from ldm.data.layout import FPS
+from ldm.data.layout import FPS, SAMPLE_RATE
 from ldm.inference.clip import driving_audio
 from ldm.preprocessing import synthetic
-from ldm.preprocessing.audio_features import SAMPLE_RATE
 from ldm.preprocessing.pipeline import PreprocessOptions, process_video
 from ldm.util import instantiate_from_config
 

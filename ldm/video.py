@@ -247,7 +247,7 @@ class VideoEncoder:
     Use as a context manager: an exception inside the block discards the partial file.
     """
 
-    def __init__(self, path: PathLike, fps: float = 25.0, audio_path: PathLike | None = None):
+    def __init__(self, path: PathLike, fps: float = FPS, audio_path: PathLike | None = None):
         self.path, self.fps, self.audio_path = Path(path), fps, audio_path
         self.tmp = temp_path(self.path)
         self.n_frames, self.shape = 0, None

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import functools
 import http.server
+import subprocess
 import threading
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +33,20 @@ def load_script(name: str):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def wait_for(
+    cond: Callable[[], bool], proc: subprocess.Popen, what: str, timeout: float = 150, poll=0.1
+):
+    """Poll ``cond`` every ``poll`` s until true; fail if ``proc`` dies or time runs out."""
+    end = time.monotonic() + timeout
+    while not cond():
+        if proc.poll() is not None:
+            pytest.fail(f"the process exited ({proc.returncode}) before {what}")
+        if time.monotonic() > end:
+            proc.kill()
+            pytest.fail(f"timed out waiting for {what}")
+        time.sleep(poll)
 
 
 @pytest.fixture(scope="module")
@@ -259,3 +276,36 @@ def file_server(tmp_path: Path):
     server = FileServer(folder)
     yield server
     server.close()
+
+
+# --------------------------------------------------------------------------- evaluation clips
+
+
+@pytest.fixture(scope="module")
+def landmarker():
+    """The offline dlib landmarker (the default of the CLI)."""
+    from ldm.preprocessing.landmarks import make_landmarker
+
+    return make_landmarker("dlib")
+
+
+@pytest.fixture(scope="module")
+def synth(landmarker) -> dict:
+    """A synthetic talking clip with a known mouth opening (tests/eval_clips.py)."""
+    from eval_clips import synthetic_clip
+
+    return synthetic_clip(landmarker)
+
+
+@pytest.fixture(scope="module")
+def real() -> dict:
+    """The first frames of a real HDTF clip (skips when ../shared/data is absent)."""
+    from eval_clips import real_clip
+
+    return real_clip()
+
+
+@pytest.fixture(scope="module")
+def real_lms(real, landmarker) -> np.ndarray:
+    """dlib track of the real segment."""
+    return landmarker.track(real["frames"])

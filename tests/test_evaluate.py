@@ -1,16 +1,12 @@
-"""scripts/evaluate.py and ldm.evaluation on a synthetic talking clip and a real HDTF segment."""
+"""ldm.evaluation's metrics and clip scoring on a synthetic talking clip and a real HDTF segment."""
 
 from __future__ import annotations
 
-import json
 import logging
-import wave
-from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
-import torch
 
 from ldm.evaluation import landmark_metrics as lm
 from ldm.evaluation.clips import match_clips, read_clip
@@ -22,117 +18,18 @@ from ldm.evaluation.evaluate import (
     summarize_overall,
     summarize_row,
 )
-from ldm.evaluation.lpips import LPIPS, load_lpips, lpips_frames
 from ldm.evaluation.metrics import region_boxes, ssim
-from ldm.evaluation.syncnet import SyncNet, load_syncnet, lse
 
 from conftest import load_script
-
-REAL_CLIP = Path(__file__).resolve().parents[2] / "shared" / "data" / "hdtf" / "RD_Radio34_000.mp4"
-ROOT = Path(__file__).resolve().parents[1]
-N_SYNTH, N_REAL = 40, 40
-N_SHORT = 10  # frames of the sharpness / first-stage tests
-
+from eval_clips import N_SHORT, blur, blur_mouth, lip_box, noisy
 
 cli = load_script("evaluate")
-
-
-# --------------------------------------------------------------------------- fixtures
-
-
-@pytest.fixture(scope="module")
-def landmarker():
-    """The offline dlib landmarker (the default of the CLI)."""
-    from ldm.preprocessing.landmarks import make_landmarker
-
-    return make_landmarker("dlib")
-
-
-def _open_mouth(img: np.ndarray, gap: float, lms: np.ndarray) -> np.ndarray:
-    """Drop the lower lip and jaw by `gap` px below the lip line, filling the gap dark."""
-    h, w = img.shape[:2]
-    cx = lms[48:68, 0].mean()
-    split = (lms[62, 1] + lms[66, 1]) / 2
-    half_w, chin = (lms[54, 0] - lms[48, 0]) / 2, lms[8, 1]
-    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
-    wx = np.sqrt(np.clip(1 - ((xx - cx) / (half_w * 1.2)) ** 2, 0, 1))
-    ramp = np.clip(1 - (yy - chin) / (0.6 * (chin - split)), 0, 1)
-    d = np.where(yy >= split, gap * wx * ramp, 0).astype(np.float32)
-    out = cv2.remap(img, xx, yy - d, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
-    out[(yy >= split) & (yy - d < split) & (wx > 0.2)] = (60, 15, 20)
-    return out
-
-
-def _design(n: int, seed: int = 0) -> np.ndarray:
-    """A smooth, non-palindromic opening pattern in [0, 1] (speech-like bursts)."""
-    rng = np.random.default_rng(seed)
-    x = np.convolve(rng.random(n + 6), np.ones(4) / 4, mode="valid")[:n]
-    return (x - x.min()) / np.ptp(x)
-
-
-@pytest.fixture(scope="module")
-def synth(landmarker):
-    """40 frames, 256 px, of a real face photo whose mouth opens as `design`; slight head sway."""
-    from skimage import data
-
-    face = cv2.resize(data.astronaut()[40:232, 130:322], (256, 256), interpolation=cv2.INTER_CUBIC)
-    lms0 = landmarker.detect(face)
-    assert lms0 is not None, "dlib no longer finds the astronaut's face"
-    design = _design(N_SYNTH)
-    frames = []
-    for t, g in enumerate(design):
-        f = _open_mouth(face, 14.0 * g, lms0)
-        shift = np.float32([[1, 0, 1.5 * np.sin(t / 5)], [0, 1, np.cos(t / 7)]])
-        frames.append(cv2.warpAffine(f, shift, (256, 256), borderMode=cv2.BORDER_REFLECT))
-    frames = np.stack(frames)
-    return {"frames": frames, "design": design, "lms": landmarker.track(frames)}
-
-
-@pytest.fixture(scope="module")
-def real():
-    """The first 40 frames of a real HDTF clip and its landmarks (skips when absent)."""
-    if not REAL_CLIP.exists():
-        pytest.skip(f"{REAL_CLIP} is absent (tests read ../shared/data beside the project root)")
-    frames = read_clip(REAL_CLIP, max_frames=N_REAL)
-    return {"frames": frames}
-
-
-@pytest.fixture(scope="module")
-def real_lms(real, landmarker):
-    """dlib track of the real segment."""
-    return landmarker.track(real["frames"])
 
 
 def _summary(pred, gt, landmarker, gt_lms, **kw) -> dict:
     """Summary numbers of the prediction row."""
     res = evaluate_clip(pred, gt, Scorers(landmarker), gt_lms=gt_lms, **kw)
     return summarize_row(res.rows[0], res.gt_opening)
-
-
-def _lip_box(lms: np.ndarray, pad: int = 6) -> tuple[slice, slice]:
-    """Rows/cols around the lips (points 48-67) of one frame."""
-    lo, hi = lms[48:68].min(0).astype(int) - pad, lms[48:68].max(0).astype(int) + pad
-    return slice(lo[1], hi[1]), slice(lo[0], hi[0])
-
-
-def _noisy(frames: np.ndarray, sigma: float = 3.0, seed: int = 1) -> np.ndarray:
-    """A mildly degraded copy over the whole frame (a stand-in for a decent generator)."""
-    noise = np.random.default_rng(seed).normal(0, sigma, frames.shape)
-    return np.clip(frames + noise, 0, 255).astype(np.uint8)
-
-
-def _blur_mouth(frames: np.ndarray, lms: np.ndarray) -> np.ndarray:
-    """Copy with a strong blur on the lips of every frame."""
-    out = frames.copy()
-    for t in range(len(out)):
-        ys, xs = _lip_box(lms[t])
-        out[t, ys, xs] = cv2.GaussianBlur(out[t, ys, xs], (0, 0), 5)
-    return out
-
-
-def _blur(frames: np.ndarray, sigma: float) -> np.ndarray:
-    """Whole-frame Gaussian blur of every frame."""
-    return np.stack([cv2.GaussianBlur(f, (0, 0), sigma) for f in frames])
 
 
 def _grain(frames: np.ndarray, sigma: float = 20.0, seed: int = 2) -> np.ndarray:
@@ -161,7 +58,7 @@ def _rows(res) -> dict[str, dict]:
 def _freeze_mouth(frames: np.ndarray, lms: np.ndarray) -> np.ndarray:
     """Copy whose lip area is the first frame's in every frame."""
     out = frames.copy()
-    ys, xs = _lip_box(lms[0], pad=10)
+    ys, xs = lip_box(lms[0], pad=10)
     out[:, ys, xs] = frames[0, ys, xs]
     return out
 
@@ -175,7 +72,7 @@ def test_ssim_matches_skimage():
     from skimage.metrics import structural_similarity
 
     a = data.astronaut()[:96, :128]
-    b = _noisy(a[None], sigma=12)[0]
+    b = noisy(a[None], sigma=12)[0]
     ref = structural_similarity(
         a, b, channel_axis=-1, data_range=255, gaussian_weights=True, sigma=1.5,
         use_sample_covariance=False,
@@ -235,9 +132,9 @@ def test_mouth_degradation_hits_mouth_metrics_only(clip, request, landmarker):
     """
     d = request.getfixturevalue(clip)
     gt, gt_lms = d["frames"], d["lms"] if clip == "synth" else request.getfixturevalue("real_lms")
-    base = _noisy(gt, sigma=8.0)
+    base = noisy(gt, sigma=8.0)
     ref = _summary(base, gt, landmarker, gt_lms)
-    blur = _summary(_blur_mouth(base, gt_lms), gt, landmarker, gt_lms)
+    blur = _summary(blur_mouth(base, gt_lms), gt, landmarker, gt_lms)
     frozen = _summary(_freeze_mouth(base, gt_lms), gt, landmarker, gt_lms)
     for s in (blur, frozen):
         assert ref["psnr_mouth"] - s["psnr_mouth"] > 2.0
@@ -285,7 +182,7 @@ def test_mouth_sharpness_truth_blur_and_noise(clip, request, landmarker):
     """Truth scores exactly 1, a sigma-2 blur < 0.5, added grain > 1, copy-reference finite;
     the values are the documented pooled band-pass ratio."""
     gt, gt_lms = _short(clip, request)
-    blurred, grainy = _blur(gt, 2.0), _grain(gt)
+    blurred, grainy = blur(gt, 2.0), _grain(gt)
     extra = [("blurred", "blurred copy", blurred), ("grainy", "grainy copy", grainy)]
     res = evaluate_clip(
         gt, gt, Scorers(landmarker), gt_lms=gt_lms, baselines=True, shift=4, extra_rows=extra
@@ -308,7 +205,7 @@ def test_sharpness_exposes_a_smeared_mouth_that_psnr_rewards(real, real_lms, lan
     sharpness is that of one frame's content (a closed mouth has less detail) and varies."""
     gt, gt_lms = real["frames"][:N_SHORT], real_lms[:N_SHORT]
     res = evaluate_clip(
-        _blur_mouth(gt, gt_lms), gt, Scorers(landmarker), gt_lms=gt_lms, baselines=True, shift=4
+        blur_mouth(gt, gt_lms), gt, Scorers(landmarker), gt_lms=gt_lms, baselines=True, shift=4
     )
     rows = _rows(res)
     pred = rows["prediction"]
@@ -322,7 +219,7 @@ def test_overall_sharpness_pools_frames_over_clips(synth, landmarker):
     """Over clips, energies are pooled then divided: not the mean of the clip ratios."""
     gt, gt_lms = synth["frames"], synth["lms"]
     a = evaluate_clip(gt[:3], gt[:3], Scorers(landmarker), gt_lms=gt_lms[:3])
-    b = evaluate_clip(_blur(gt[3:12], 2.0), gt[3:12], Scorers(landmarker), gt_lms=gt_lms[3:12])
+    b = evaluate_clip(blur(gt[3:12], 2.0), gt[3:12], Scorers(landmarker), gt_lms=gt_lms[3:12])
     pooled = summarize_overall([a, b])["prediction"]["sharpness_mouth"]
     clip_ratios = [summarize_row(c.rows[0], c.gt_opening)["sharpness_mouth"] for c in (a, b)]
     per = [c.rows[0].per_frame for c in (a, b)]
@@ -338,7 +235,7 @@ def test_first_stage_row(synth, landmarker):
     gt, gt_lms = synth["frames"][:N_SHORT], synth["lms"][:N_SHORT]
     label = baseline_label(FIRST_STAGE)
     res = evaluate_clip(
-        _blur_mouth(gt, gt_lms), gt, Scorers(landmarker), gt_lms=gt_lms, baselines=True,
+        blur_mouth(gt, gt_lms), gt, Scorers(landmarker), gt_lms=gt_lms, baselines=True,
         shift=4, extra_rows=[(FIRST_STAGE, label, gt)],
     )  # fmt: skip
     assert [r.key for r in res.rows] == [
@@ -348,7 +245,7 @@ def test_first_stage_row(synth, landmarker):
     s = _rows(res)[FIRST_STAGE]
     assert s["psnr"] == np.inf and s["psnr_mouth"] == np.inf
     assert s["lmd"] == pytest.approx(0.0, abs=1e-6) and s["sharpness_mouth"] == 1.0
-    extra = [(FIRST_STAGE, label, _blur(gt, 1.0)), ("more", "more blur", _blur(gt, 2.0))]
+    extra = [(FIRST_STAGE, label, blur(gt, 1.0)), ("more", "more blur", blur(gt, 2.0))]
     rows = _rows(evaluate_clip(gt, gt, Scorers(landmarker), gt_lms=gt_lms, extra_rows=extra))
     soft, more = rows[FIRST_STAGE], rows["more"]
     assert np.isfinite(soft["psnr_mouth"]) and soft["sharpness_mouth"] < 1.0
@@ -410,147 +307,3 @@ def test_unreadable_inputs_exit_nonzero_naming_the_file(tmp_path, synth, caplog)
 
 
 # --------------------------------------------------------------------------- LPIPS / SyncNet / CLI
-
-
-def _random_lpips(path: Path) -> Path:
-    """Save a randomly initialised AlexNet-LPIPS state dict (non-negative linear weights)."""
-    torch.manual_seed(0)
-    model = LPIPS()
-    for k in range(5):
-        torch.nn.init.uniform_(getattr(model, f"lin{k}").model[1].weight, 0.0, 1.0)
-    torch.save(model.state_dict(), path)
-    return path
-
-
-def _random_syncnet(path: Path) -> Path:
-    """Save a randomly initialised syncnet_v2-layout state dict."""
-    torch.manual_seed(0)
-    torch.save(SyncNet().state_dict(), path)
-    return path
-
-
-@pytest.fixture(scope="module")
-def synth_video(synth, tmp_path_factory) -> Path:
-    """The synthetic clip as an H.264 mp4 with a 16 kHz voice-like tone following the mouth."""
-    from ldm.video import write_video
-
-    folder = tmp_path_factory.mktemp("synth_video")
-    sr, n = 16000, len(synth["frames"])
-    t = np.arange(n * sr // 25) / sr
-    env = np.interp(t, np.arange(n) / 25, synth["design"])
-    voice = sum(np.sin(2 * np.pi * f0 * t) / (k + 1) for k, f0 in enumerate((140, 280, 420, 700)))
-    pcm = (0.3 * env * voice / 2.1 * 32767).astype(np.int16)
-    wav = folder / "voice.wav"
-    with wave.open(str(wav), "wb") as w:
-        w.setnchannels(1)
-        w.setsampwidth(2)
-        w.setframerate(sr)
-        w.writeframes(pcm.tobytes())
-    return write_video(folder / "truth.mp4", synth["frames"], fps=25, audio_path=wav)
-
-
-def test_lpips_weights_load_and_identical_frames_score_zero(tmp_path, synth):
-    """File and folder (torchvision + alex.pth) layouts load alike; identical frames give 0."""
-    full = _random_lpips(tmp_path / "lpips_alex.pth")
-    model = load_lpips(full)
-    frames = synth["frames"][:4]
-    np.testing.assert_array_equal(lpips_frames(model, frames, frames), 0.0)
-    diff = lpips_frames(model, _noisy(frames, sigma=20), frames)
-    assert diff.shape == (4,) and np.isfinite(diff).all() and (diff > 0).all()
-    state = torch.load(full, weights_only=True)
-    folder = tmp_path / "lpips_folder"
-    folder.mkdir()
-    backbone = {k: v for k, v in state.items() if k.startswith("net.")}
-    torchvision_keys = {"features." + ".".join(k.split(".")[2:]): v for k, v in backbone.items()}
-    torch.save(torchvision_keys, folder / "alexnet-owt-test.pth")
-    torch.save({k: v for k, v in state.items() if k.startswith("lin")}, folder / "alex.pth")
-    again = lpips_frames(load_lpips(folder), _noisy(frames, sigma=20), frames)
-    np.testing.assert_allclose(again, diff, rtol=1e-5)
-
-
-def test_syncnet_scores_real_frames(tmp_path, real, real_lms):
-    """Random syncnet_v2 weights: LSE-D/LSE-C/offset are finite and of the right kind."""
-    from ldm.video import load_audio
-
-    model = load_syncnet(_random_syncnet(tmp_path / "syncnet_v2.model"))
-    n = 16
-    audio = load_audio(REAL_CLIP)[: n * 640]
-    out = lse(model, real["frames"][:n], real_lms[:n], audio)
-    assert np.isfinite([out["lse_d"], out["lse_c"], out["av_offset"]]).all()
-    assert out["lse_d"] > 0 and out["lse_c"] >= 0
-    assert abs(out["av_offset"]) <= 15 and out["av_offset"] == int(out["av_offset"])
-
-
-def test_cli_writes_report_files(tmp_path, synth, synth_video):
-    """End to end with --baselines and random LPIPS/SyncNet weights: JSON, markdown and PNG."""
-    pred_dir = tmp_path / "pred"
-    pred_dir.mkdir()
-    pred = _blur_mouth(synth["frames"], synth["lms"])
-    for i, f in enumerate(pred):
-        cv2.imwrite(str(pred_dir / f"{i:04d}.png"), f[:, :, ::-1])
-    out = tmp_path / "report"
-    argv = ["--pred", str(pred_dir), "--gt", str(synth_video), "--out", str(out), "--baselines"]
-    argv += ["--max-frames", "12", "--lpips-weights", str(_random_lpips(tmp_path / "l.pth"))]
-    argv += ["--syncnet-weights", str(_random_syncnet(tmp_path / "s.model"))]
-    assert cli.main(argv) == 0
-    rep = json.loads((out / "report.json").read_text())
-    clip = rep["clips"][0]
-    assert clip["frames"] == 12 and list(clip["rows"]) == [
-        "prediction", "copy_reference", "shifted_truth", "truth",
-    ]  # fmt: skip
-    pred_sum, truth_sum = clip["rows"]["prediction"]["summary"], clip["rows"]["truth"]["summary"]
-    assert 0 < pred_sum["lpips"] < 1e6 and truth_sum["lpips"] == 0.0
-    assert truth_sum["psnr"] == "inf" and isinstance(pred_sum["psnr"], float)
-    for s in (pred_sum, truth_sum):
-        assert np.isfinite([s["lse_d"], s["lse_c"]]).all()
-    assert len(clip["rows"]["prediction"]["per_frame"]["mse"]) == 12
-    assert any("LSE audio" in n and "truth.mp4" in n for n in clip["notes"])
-    md = (out / "report.md").read_text()
-    assert "| clip | method | PSNR ↑ | SSIM ↑ | mouth PSNR ↑" in md and "LSE-C ↑" in md
-    assert "mouth sharpness" in md and 0 < pred_sum["sharpness_mouth"] < 1  # the lips are blurred
-    assert truth_sum["sharpness_mouth"] == 1.0
-    img = cv2.imread(clip["plot"])
-    assert img is not None and img.shape[0] > 300 and img.shape[1] > 600
-
-
-def test_cli_without_weights_says_what_was_skipped(tmp_path, synth_video, caplog):
-    """No LPIPS/SyncNet weights: the report says they were skipped and how to enable them."""
-    out = tmp_path / "report"
-    argv = ["--pred", str(synth_video), "--gt", str(synth_video), "--out", str(out)]
-    with caplog.at_level(logging.INFO):
-        assert cli.main([*argv, "--max-frames", "8"]) == 0
-    md = (out / "report.md").read_text()
-    assert "LPIPS skipped" in md and "--lpips-weights" in md
-    assert "LSE-C/LSE-D skipped" in md and "--syncnet-weights" in md
-    assert "LPIPS ↓" not in md and "LPIPS skipped" in caplog.text
-
-
-def test_cli_first_stage_frames_row(tmp_path, synth, synth_video):
-    """--first-stage-frames (a folder, smaller and shorter) is resized and truncated like --pred,
-    and its row is in report.json (after the prediction) and in report.md."""
-    first = tmp_path / "first"
-    first.mkdir()
-    for i, f in enumerate(_blur(synth["frames"][:6], 1.5)):
-        cv2.imwrite(str(first / f"{i}.png"), cv2.resize(f, (128, 128))[:, :, ::-1])
-    out = tmp_path / "report"
-    argv = ["--pred", str(synth_video), "--gt", str(synth_video), "--out", str(out)]
-    argv += ["--first-stage-frames", str(first), "--max-frames", "8", "--baselines"]
-    assert cli.main(argv) == 0
-    rep = json.loads((out / "report.json").read_text())
-    clip = rep["clips"][0]
-    assert list(clip["rows"])[:2] == ["prediction", FIRST_STAGE] and clip["frames"] == 6
-    row = clip["rows"][FIRST_STAGE]
-    assert row["label"] == baseline_label(FIRST_STAGE) and len(row["per_frame"]["hf_mouth"]) == 6
-    assert 0 < row["summary"]["sharpness_mouth"] < 1 and isinstance(row["summary"]["psnr"], float)
-    assert FIRST_STAGE in rep["overall"] and rep["settings"]["first_stage_frames"] == str(first)
-    assert any("resized" in n for n in clip["notes"])
-    md = (out / "report.md").read_text()
-    assert f"| {baseline_label(FIRST_STAGE)} |" in md and "mouth sharpness" in md
-
-
-def test_cli_first_stage_frames_needs_a_single_clip(synth_video, capsys):
-    """With several clips --first-stage-frames is refused with a clear message."""
-    two = [str(synth_video)] * 2
-    with pytest.raises(SystemExit):
-        cli.parse_args(["--pred", *two, "--gt", *two, "--first-stage-frames", str(synth_video)])
-    assert "single clip" in capsys.readouterr().err

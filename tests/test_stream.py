@@ -1,8 +1,13 @@
-"""Streaming renders: source frames by index, chunk resume after a kill, identical results."""
+"""Streaming renders: source frames by index, chunk resume after a kill (-9), identical results."""
 
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
+from subprocess import DEVNULL
 
 import numpy as np
 import pytest
@@ -15,7 +20,7 @@ from ldm.inference.stream import ChunkStore, chunk_dir, write_image
 from ldm.preprocessing import synthetic
 from ldm.video import VideoEncoder, VideoError, read_frames
 
-from conftest import load_script
+from conftest import ROOT, load_script, wait_for
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 INFERENCE = load_script("inference")
@@ -47,11 +52,11 @@ def test_chunks_of_another_render_are_not_reused(tmp_path):
     assert not store.segment(0, 0).exists()
 
 
-def portrait_argv(tiny, tmp_path, out) -> list[str]:
+def portrait_argv(tiny, tmp_path, out, speech: float = 1.2) -> list[str]:
     video = tmp_path / "portrait.mp4"
     if not video.exists():
         synthetic.make_face_video(video, seconds=0.6)  # 15 frames for 30: a ping-pong
-        sf.write(tmp_path / "speech.wav", synthetic.speech_like_audio(1.2), 16000)
+        sf.write(tmp_path / "speech.wav", synthetic.speech_like_audio(speech), 16000)
     args = ["--ckpt", tiny["ckpt"], "--config", tiny["config"], "--video", video]
     args += ["--audio", tmp_path / "speech.wav", "--out", out, "--chunk-frames", "8"]
     args += ["--steps", "4", "--eta", "0.5", "--reference", "progressive", "--seed", "5"]
@@ -90,6 +95,43 @@ def test_killed_render_resumes_and_matches_an_uninterrupted_run(tiny, tmp_path, 
     assert starts == [16, 24]  # only the chunks that were not finished
     a, b = read_frames(whole, fps=None), read_frames(resumed, fps=None)
     assert len(a) == 30 and np.array_equal(a, b)
+    assert not chunk_dir(resumed).exists()
+
+
+def start_inference(argv: list[str]) -> subprocess.Popen:
+    """scripts/inference.py in its own process, one thread, as a user runs it."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    cmd = [sys.executable, str(ROOT / "scripts" / "inference.py"), *argv]
+    return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=DEVNULL, stderr=subprocess.PIPE)
+
+
+def test_render_killed_by_sigkill_resumes_and_matches_an_uninterrupted_run(tiny, tmp_path):
+    """A real kill -9 of scripts/inference.py after two finished chunks of 8: no mp4 is left,
+    and the rerun gives the frames of a run that was never interrupted (each run is its own
+    process, as a user's are)."""
+    whole, resumed = tmp_path / "whole.mp4", tmp_path / "resumed.mp4"
+    argv = portrait_argv(tiny, tmp_path, resumed, speech=2.4)  # 60 frames, chunks of 8
+    first = start_inference(portrait_argv(tiny, tmp_path, whole))
+    assert first.communicate() and first.returncode == 0
+    progress = chunk_dir(resumed) / "progress.json"
+
+    def chunks_done() -> int:
+        try:
+            return int(json.loads(progress.read_text())["done"])
+        except (OSError, ValueError, KeyError):
+            return 0
+
+    proc = start_inference(argv)
+    wait_for(lambda: chunks_done() >= 2, proc, "two finished chunks", poll=0.02)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    killed_at = chunks_done()
+    assert not resumed.exists() and 2 <= killed_at < 8
+    rerun = start_inference(argv)
+    log = rerun.communicate()[1].decode()
+    assert rerun.returncode == 0 and f"resuming after {killed_at} finished chunk" in log, log
+    a, b = read_frames(whole, fps=None), read_frames(resumed, fps=None)
+    assert len(a) == 60 and np.array_equal(a, b)
     assert not chunk_dir(resumed).exists()
 
 

@@ -11,7 +11,6 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -26,7 +25,7 @@ from ldm.train_utils import (
     scaled_learning_rate,
 )
 
-from conftest import ROOT, make_tiny_dataset
+from conftest import ROOT, make_tiny_dataset, wait_for
 
 MAIN = ROOT / "main.py"
 SMALL = ROOT / "configs/latent-diffusion/talking-small.yaml"
@@ -117,18 +116,6 @@ def the_logdir(logs: Path) -> Path:
     """The single run directory under ``logs``."""
     (logdir,) = [p for p in logs.iterdir() if p.is_dir()]
     return logdir
-
-
-def wait_for(cond: Callable[[], bool], proc: subprocess.Popen, what: str, timeout: float = 150):
-    """Poll ``cond`` until true; fail if ``proc`` dies or time runs out."""
-    end = time.monotonic() + timeout
-    while not cond():
-        if proc.poll() is not None:
-            pytest.fail(f"training exited ({proc.returncode}) before {what}")
-        if time.monotonic() > end:
-            proc.kill()
-            pytest.fail(f"timed out waiting for {what}")
-        time.sleep(0.1)
 
 
 def start(args: list[str], cwd: Path) -> subprocess.Popen:

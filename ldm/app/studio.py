@@ -19,12 +19,12 @@ import numpy as np
 import torch
 
 from ldm.config import load_config
+from ldm.data.layout import FPS, SAMPLE_RATE
 from ldm.evaluation.clips import IMAGE_EXTS, ClipFrames, match_sources
 from ldm.inference.checkpoint import DEFAULT_CONFIG, CheckpointError, load_model
 from ldm.inference.clip import n_video_frames
 from ldm.inference.portrait import PortraitJob, render_portrait
 from ldm.inference.render import RenderOptions, make_sampler
-from ldm.preprocessing.audio_features import SAMPLE_RATE
 from ldm.preprocessing.runner import VIDEO_EXTS
 from ldm.video import load_audio, probe
 
@@ -176,7 +176,7 @@ def evaluate_self_driven(
     clip = evaluate_clip(
         pred, gt, scorers, name=portrait.stem, baselines=True, notes=notes, extra_rows=extra
     )
-    settings = {"fps": 25.0, "landmarker": "dlib", "baselines": True}
+    settings = {"fps": FPS, "landmarker": "dlib", "baselines": True}
     paths = write_report([clip], report_dir, settings, clip.notes)
     table, _ = markdown_tables([clip])
     return paths[f"plot:{clip.name}"], table, clip.notes

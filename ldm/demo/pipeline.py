@@ -8,6 +8,7 @@ trainings resume from their ``last.ckpt`` when they were interrupted.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import shutil
@@ -16,6 +17,8 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+
+from omegaconf import DictConfig
 
 from ldm.config import load_config
 from ldm.demo.steps import Footage, frame_grid, grid_frames, latest_run, side_by_side
@@ -72,9 +75,15 @@ def clipped_steps(epochs: float, n_frames: int, batch_size: int, bounds: tuple[i
     return min(max(round(epochs * n_frames / batch_size), bounds[0]), bounds[1])
 
 
+@functools.lru_cache(maxsize=8)
+def merged_config(configs: tuple[str, ...], overrides: tuple[str, ...]) -> DictConfig:
+    """The config main.py will run for ``configs`` and ``overrides`` (read once per stage)."""
+    return load_config(list(configs), list(overrides))
+
+
 def batch_size(configs: list[str], overrides: list[str]) -> int:
     """``data.params.batch_size`` of the merged configs and overrides main.py will run."""
-    return int(load_config(list(configs), list(overrides)).data.params.batch_size)
+    return int(merged_config(tuple(configs), tuple(overrides)).data.params.batch_size)
 
 
 FULL = Budget()
@@ -136,7 +145,7 @@ class Pipeline:
             cmd = ["main.py", "--base", *configs, "-t", "-l", str(logs), "-n", stage]
         cmd += ["--max_steps", str(steps), "--accelerator", "cpu"]
         cmd += extra
-        if "progress" in load_config(configs, extra).lightning.callbacks:
+        if "progress" in merged_config(tuple(configs), tuple(extra)).lightning.callbacks:
             cmd.append(NO_BAR)  # ProgressETA logs step, s/step and ETA; the bar's thread costs ~4%
         self.run(stage, cmd)
         return latest_run(logs, stage)

@@ -10,6 +10,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from ldm.data.layout import FPS
 from ldm.demo.sample import make_demo_clip
 from ldm.video import VideoError, ffmpeg_exe, probe, read_frames, write_video
 
@@ -116,7 +117,7 @@ def side_by_side(result: Path, truth: Path, out: Path) -> Path:
     wav = out.with_suffix(".wav")
     subprocess.run([ffmpeg_exe(), "-v", "error", "-y", "-i", str(result), "-ac", "1", str(wav)],
                    check=True)  # fmt: skip
-    write_video(out, np.concatenate([pred, gt[:n]], axis=2), 25.0, audio_path=wav)
+    write_video(out, np.concatenate([pred, gt[:n]], axis=2), FPS, audio_path=wav)
     wav.unlink()
     return out
 

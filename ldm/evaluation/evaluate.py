@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ldm.data.layout import FPS
 from ldm.evaluation import landmark_metrics as lm
 from ldm.evaluation.clips import ClipFrames, shift_frames_for, time_shift
 from ldm.evaluation.lpips import LPIPS, lpips_frames
@@ -22,7 +23,7 @@ log = logging.getLogger(__name__)
 PREDICTION = "prediction"
 BASELINES = ("copy_reference", "shifted_truth", "truth")
 FIRST_STAGE = "first_stage"  # optional row: the truth through the first-stage autoencoder
-SHIFT_FRAMES = 25  # the "audio shifted by 1 s" baseline at 25 fps
+SHIFT_FRAMES = int(FPS)  # the "audio shifted by 1 s" baseline
 
 
 @dataclass
@@ -60,7 +61,7 @@ class ClipResult:
     plot_path: str | None = None
 
 
-def baseline_label(key: str, shift: int = SHIFT_FRAMES, fps: float = 25.0) -> str:
+def baseline_label(key: str, shift: int = SHIFT_FRAMES, fps: float = FPS) -> str:
     """Human-readable row name of a known row key (shift/fps name the shifted-truth row)."""
     return {
         PREDICTION: "prediction",
@@ -128,7 +129,7 @@ def evaluate_clip(
     paths: tuple[str, str] = ("", ""),
     baselines: bool = False,
     shift: int = SHIFT_FRAMES,
-    fps: float = 25.0,
+    fps: float = FPS,
     audio: np.ndarray | None = None,
     gt_lms: np.ndarray | None = None,
     notes: list[str] | None = None,

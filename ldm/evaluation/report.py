@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ldm.data.layout import FPS
 from ldm.evaluation.evaluate import (
     BASELINES,
     PREDICTION,
@@ -169,7 +170,7 @@ def safe_name(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("_") or "clip"
 
 
-def plot_clip(clip: ClipResult, path: Path, fps: float = 25.0) -> Path:
+def plot_clip(clip: ClipResult, path: Path, fps: float = FPS) -> Path:
     """PNG: mouth opening per frame (methods vs truth) above per-frame PSNR (whole and mouth).
 
     The prediction is a thick line, other methods (e.g. first stage only) thin, baselines dashed.
@@ -218,7 +219,7 @@ def write_report(
     out.mkdir(parents=True, exist_ok=True)
     plots = {}
     for c in clips:
-        c.plot_path = str(plot_clip(c, out / f"{safe_name(c.name)}.png", settings.get("fps", 25.0)))
+        c.plot_path = str(plot_clip(c, out / f"{safe_name(c.name)}.png", settings.get("fps", FPS)))
         plots[c.name] = Path(c.plot_path)
     md = out / "report.md"
     md.write_text(markdown_report(clips, notes), encoding="utf-8")

@@ -10,14 +10,14 @@ from typing import Any
 
 import numpy as np
 
-from ldm.data.layout import FPS, UPPER_FACE_LANDMARKS, format_key, read_landmarks_file
+from ldm.data.layout import FPS, SAMPLE_RATE, UPPER_FACE_LANDMARKS, format_key, read_landmarks_file
 from ldm.data.talk import (
     INFERENCE_MASK_LANDMARK,
     frame_item,
     jaw_latent_mask,
     load_image,
 )
-from ldm.preprocessing.audio_features import SAMPLE_RATE, SmoothedWindows, extract_features
+from ldm.preprocessing.audio_features import SmoothedWindows, extract_features
 from ldm.preprocessing.dataset import ClipMeta
 
 logger = logging.getLogger(__name__)

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 
-from ldm.data.layout import FPS
+from ldm.data.layout import FPS, SAMPLE_RATE
 from ldm.inference.clip import PortraitClip, PortraitItems, driving_audio, frame_indices
 from ldm.inference.paste import paste_face, paste_mask
 from ldm.inference.render import Renderer, RenderOptions
@@ -28,7 +28,7 @@ from ldm.inference.stream import (
     render_signature,
     write_image,
 )
-from ldm.preprocessing.audio_features import SAMPLE_RATE, SmoothedWindows, kind_for_dim
+from ldm.preprocessing.audio_features import SmoothedWindows, kind_for_dim
 from ldm.preprocessing.pipeline import PreprocessOptions, process_video
 from ldm.video import VideoEncoder, VideoError, load_audio, write_video
 
