@@ -105,6 +105,20 @@ def test_scale_by_std_measures_the_first_batch_and_the_checkpoint_keeps_it(demo_
     assert stored == pytest.approx(1.0 / float(z.std()), rel=0.35)  # first batch vs all frames
 
 
+def test_a_mouth_code_in_the_batch_conditions_the_model_in_place_of_its_audio(demo_model):
+    """At render time the bank's predicted code (``mouth_code``) is the audio's prediction, not
+    computed twice; another code in the batch changes the feature."""
+    _, model, _ = demo_model
+    model.eval()
+    audio = torch.randn(2, 8, 16, 29)
+    with torch.no_grad():
+        code = model.mouth_model(audio)
+        from_audio = model.audio_feature({}, audio)
+        given = model.audio_feature({"mouth_code": code}, audio)
+        other = model.audio_feature({"mouth_code": code + 1.0}, audio)
+    assert torch.allclose(given, from_audio) and not torch.allclose(other, from_audio)
+
+
 def test_first_stage_only_render_is_the_truth_through_the_autoencoder(demo_model, tmp_path):
     from ldm.inference.render import Renderer, RenderOptions
 
@@ -144,12 +158,12 @@ def test_progress_eta_logs_step_total_and_remaining_time(caplog, monkeypatch):
 
 
 def test_budget_follows_the_training_frames_and_the_configs_batch_sizes():
-    assert FULL.first_stage(300, 8) == 200  # 12 s of footage: 5 passes would be 188
-    assert FULL.first_stage(450, 8) == 281  # 18 s: 5 passes at batch 8
+    assert FULL.first_stage(150, 8) == 200  # 6 s of footage: 8 passes would be 150
+    assert FULL.first_stage(450, 8) == 450  # 18 s: 8 passes at batch 8
     assert FULL.talking(400, 16) == 1500 and FULL.talking(625, 16) == 1500  # 80 passes, capped
-    assert FULL.talking(250, 16) == 1250 and FULL.first_stage(300, 8) == 200  # 80 passes
+    assert FULL.talking(250, 16) == 1250 and FULL.first_stage(300, 8) == 300  # 80 and 8 passes
     assert FULL.talking(100, 16) == 1000  # a few seconds: the minimum
-    assert FULL.first_stage(10_000, 8) == 300  # many minutes: capped
+    assert FULL.first_stage(625, 8) == 600 == FULL.first_stage(10_000, 8)  # 25 s on: capped
     custom = Budget(ae_epochs=2.0, ae_steps=(1, 10**6), ldm_epochs=1.0, ldm_steps=(1, 10**6))
     assert custom.first_stage(800, 8) == 200 and custom.first_stage(800, 4) == 400
     assert custom.talking(800, 32) == 25  # passes x frames / batch

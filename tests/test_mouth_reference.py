@@ -102,6 +102,7 @@ def test_the_bank_lends_each_frame_the_training_mouth_its_audio_asks_for(tmp_pat
     assert batch["reference_img"].shape == (3, 64, 64, 3)
     assert float(batch["reference_img"].min()) >= -1.0 and float(batch["reference_img"].max()) <= 1
     assert torch.equal(batch["reference_landmarks"], bank.landmarks[idx])
+    assert torch.equal(batch["mouth_code"], predictor(batch["audio_smooth"]))  # for the model
 
 
 def test_a_bank_needs_a_fitted_mouth_predictor_and_the_option_its_list(tmp_path):

@@ -62,9 +62,11 @@ class ReferenceBank:
     @torch.no_grad()
     def apply(self, batch: dict[str, Any]) -> np.ndarray:
         """Give each item of ``batch`` the bank frame matching its audio as ``reference_img`` and
-        ``reference_landmarks``; returns the indices picked."""
+        ``reference_landmarks``, and the predicted mouth code as ``mouth_code`` (which the model
+        then conditions on); returns the indices picked."""
         device = self.predictor.template.device
         codes = self.predictor(batch["audio_smooth"].to(device, torch.float32))
+        batch["mouth_code"] = codes
         idx = self.pick(codes)
         batch["reference_img"] = torch.from_numpy(self.images[idx]).float() / 127.5 - 1.0
         batch["reference_landmarks"] = self.landmarks[idx]

@@ -229,6 +229,8 @@ class LatentDiffusion(DDPM):
         if self.training:
             lms = batch["landmarks"].to(self.device)
             code = self.mouth_model.code(batch["mouth_landmarks"].to(self.device), lms)
+        elif "mouth_code" in batch:  # predicted already (the reference bank picks with it)
+            code = batch["mouth_code"].to(self.device)
         else:
             code = self.mouth_model(audio)
         return self.mouth_model.feature(code, train=self.training)
