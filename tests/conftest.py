@@ -36,8 +36,12 @@ def load_script(name: str):
 
 
 def wait_for(
-    cond: Callable[[], bool], proc: subprocess.Popen, what: str, timeout: float = 150, poll=0.1
-):
+    cond: Callable[[], bool],
+    proc: subprocess.Popen,
+    what: str,
+    timeout: float = 150,
+    poll: float = 0.1,
+) -> None:
     """Poll ``cond`` every ``poll`` s until true; fail if ``proc`` dies or time runs out."""
     end = time.monotonic() + timeout
     while not cond():

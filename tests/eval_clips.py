@@ -3,15 +3,15 @@ known design) and a real HDTF segment, with dlib landmarks, and the degradations
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import cv2
 import numpy as np
 import pytest
 
 from ldm.evaluation.clips import read_clip
 
-REAL_CLIP = Path(__file__).resolve().parents[2] / "shared" / "data" / "hdtf" / "RD_Radio34_000.mp4"
+from conftest import SHARED_DATA
+
+REAL_CLIP = SHARED_DATA / "hdtf" / "RD_Radio34_000.mp4"
 N_SYNTH, N_REAL = 40, 40
 N_SHORT = 10  # frames of the sharpness / first-stage tests
 

@@ -134,9 +134,9 @@ def test_mouth_degradation_hits_mouth_metrics_only(clip, request, landmarker):
     gt, gt_lms = d["frames"], d["lms"] if clip == "synth" else request.getfixturevalue("real_lms")
     base = noisy(gt, sigma=8.0)
     ref = _summary(base, gt, landmarker, gt_lms)
-    blur = _summary(blur_mouth(base, gt_lms), gt, landmarker, gt_lms)
+    blurred = _summary(blur_mouth(base, gt_lms), gt, landmarker, gt_lms)
     frozen = _summary(_freeze_mouth(base, gt_lms), gt, landmarker, gt_lms)
-    for s in (blur, frozen):
+    for s in (blurred, frozen):
         assert ref["psnr_mouth"] - s["psnr_mouth"] > 2.0
         frame_growth = _mse(s["psnr"]) - _mse(ref["psnr"])
         assert 0 < frame_growth < 0.3 * (_mse(s["psnr_mouth"]) - _mse(ref["psnr_mouth"]))
