@@ -19,7 +19,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from einops import rearrange
-from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint, Timer
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
@@ -347,7 +347,8 @@ class TrainReport(Callback):
 
 class ProgressETA(Callback):
     """Log ``step k/N (p%), s/step, ETA`` every ``every_n_steps`` optimiser steps (N = max_steps),
-    for runs watched from a log rather than a terminal (the demo)."""
+    for runs watched from a log rather than a terminal (the demo). With ``lightning.trainer.
+    max_time`` the ETA is the sooner of the two ends, and a run the time stops says so."""
 
     def __init__(self, every_n_steps: int = 100, name: str = "train") -> None:
         self.every_n_steps = every_n_steps
@@ -364,7 +365,24 @@ class ProgressETA(Callback):
         t0, step0 = self.start
         rate = (time.perf_counter() - t0) / max(1, step - step0)  # s/step, resumes included
         eta = rate * (total - step)
+        remaining = time_remaining(trainer)
+        eta = eta if remaining is None else min(eta, remaining)
         logger.info(
             "[%s] step %d/%d (%d%%), %.2f s/step, ETA %d:%02d min",
             self.name, step, total, 100 * step // total, rate, eta // 60, eta % 60,
         )  # fmt: skip
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        step, total = trainer.global_step, trainer.max_steps
+        if trainer.is_global_zero and 0 < step < total and time_remaining(trainer) == 0:
+            logger.warning(
+                "[%s] stopped at step %d/%d: its time budget (lightning.trainer.max_time) ran out",
+                self.name, step, total,
+            )  # fmt: skip
+
+
+def time_remaining(trainer: pl.Trainer) -> float | None:
+    """Seconds of ``lightning.trainer.max_time`` left for training (0 when spent), or None."""
+    timer = next((c for c in getattr(trainer, "callbacks", []) if isinstance(c, Timer)), None)
+    left = None if timer is None else timer.time_remaining("train")
+    return None if left is None else max(0.0, left)

@@ -111,12 +111,14 @@ def test_a_mouth_code_in_the_batch_conditions_the_model_in_place_of_its_audio(de
     _, model, _ = demo_model
     model.eval()
     audio = torch.randn(2, 8, 16, 29)
+    face = {"landmarks": torch.rand(2, 39, 2) * 60 + 30}  # where the mouth sketch is drawn
     with torch.no_grad():
         code = model.mouth_model(audio)
-        from_audio = model.audio_feature({}, audio)
-        given = model.audio_feature({"mouth_code": code}, audio)
-        other = model.audio_feature({"mouth_code": code + 1.0}, audio)
-    assert torch.allclose(given, from_audio) and not torch.allclose(other, from_audio)
+        from_audio = model.audio_condition(face, audio)
+        given = model.audio_condition({**face, "mouth_code": code}, audio)
+        other = model.audio_condition({**face, "mouth_code": code + 1.0}, audio)
+    for key, value in from_audio.items():  # the feature and, in the recipe, the sketch
+        assert torch.allclose(given[key], value) and not torch.allclose(other[key], value)
 
 
 def test_first_stage_only_render_is_the_truth_through_the_autoencoder(demo_model, tmp_path):
@@ -157,6 +159,24 @@ def test_progress_eta_logs_step_total_and_remaining_time(caplog, monkeypatch):
     assert "[talking] step 50/100 (50%), 0.20 s/step, ETA 0:10 min" in caplog.text
 
 
+def test_progress_eta_is_the_time_budget_when_that_ends_first(caplog, monkeypatch):
+    from lightning.pytorch.callbacks import Timer
+
+    from ldm import callbacks
+
+    clock = iter([100.0, 110.0])
+    monkeypatch.setattr(callbacks.time, "perf_counter", lambda: next(clock))
+    timer = Timer(duration="00:00:10:00")
+    monkeypatch.setattr(timer, "time_remaining", lambda stage="train": 30.0)
+    trainer = SimpleNamespace(global_step=0, max_steps=1000, is_global_zero=True, callbacks=[timer])
+    eta = callbacks.ProgressETA(every_n_steps=50, name="first_stage")
+    eta.on_train_start(trainer, None)
+    trainer.global_step = 50
+    with caplog.at_level(logging.INFO, logger="ldm.callbacks"):
+        eta.on_train_batch_end(trainer, None, None, None, 0)  # 950 steps x 0.2 s = 190 s
+    assert "step 50/1000 (5%), 0.20 s/step, ETA 0:30 min" in caplog.text
+
+
 def test_budget_follows_the_training_frames_and_the_configs_batch_sizes():
     assert FULL.first_stage(150, 8) == 200  # 6 s of footage: 8 passes would be 150
     assert FULL.first_stage(450, 8) == 450  # 18 s: 8 passes at batch 8
@@ -186,6 +206,32 @@ def test_trainings_that_log_progress_turn_the_bar_off(tmp_path, monkeypatch):
         # kl_f4_small and both talking configs have a ProgressETA; the sample's VQ has none
         assert (NO_BAR in commands["first_stage"]) is not sample
         assert NO_BAR in commands["talking"]
+
+
+def test_real_clips_train_under_a_time_limit_unless_told_not_to():
+    from conftest import load_script
+
+    demo = load_script("demo")
+    assert demo.demo_budget(sample=False, quick=False, no_time_limit=False) is FULL
+    free = demo.demo_budget(sample=False, quick=False, no_time_limit=True)
+    assert free.ae_minutes is None and free.ldm_minutes is None
+    assert (free.ae_steps, free.ldm_steps) == (FULL.ae_steps, FULL.ldm_steps)
+    assert demo.demo_budget(sample=True, quick=False, no_time_limit=True) is SAMPLE
+
+
+def test_the_real_speaker_budget_caps_each_training_by_time(tmp_path, monkeypatch):
+    commands = {}
+    monkeypatch.setattr(Pipeline, "run", lambda self, stage, cmd: commands.setdefault(stage, cmd))
+    monkeypatch.setattr("ldm.demo.pipeline.latest_run", lambda logs, stage: tmp_path)
+    (tmp_path / "first_stage.ckpt").touch()
+    for budget, caps in ((FULL, ("00:00:13:00", "00:00:09:00")), (SAMPLE, (None, None))):
+        commands.clear()
+        pipe = Pipeline(tmp_path, budget, sample=budget is SAMPLE)
+        pipe.first_stage(625)
+        pipe.talking(625, tmp_path / "first_stage.ckpt")
+        for stage, cap in zip(("first_stage", "talking"), caps, strict=True):
+            given = [a for a in commands[stage] if a.startswith("lightning.trainer.max_time=")]
+            assert given == ([] if cap is None else [f"lightning.trainer.max_time={cap}"])
 
 
 def make_clip(path, audio: bool = True, seconds: float = 1.0):

@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
 from ldm.data.layout import MOUTH, UPPER_FACE_LANDMARKS
-from ldm.modules.encoders.mouth import MouthPredictor, mouth_code, mouth_points, shape_template
+from ldm.modules.encoders.mouth import (
+    MouthPredictor,
+    mouth_code,
+    mouth_heatmaps,
+    mouth_points,
+    shape_template,
+)
 
 
 def faces(n: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -92,8 +100,11 @@ def test_an_unfitted_predictor_says_how_it_gets_fitted():
         MouthPredictor()(torch.zeros(1, 8, 16, 29))
 
 
-def mouth_model_and_batch():
-    """A small talking-demo LatentDiffusion with a MouthPredictor (fitted) and a batch."""
+def mouth_model_and_batch(**params):
+    """A small talking-demo LatentDiffusion with a MouthPredictor (fitted) and a batch;
+    ``params`` override model.params."""
+    from omegaconf import OmegaConf
+
     from ldm.config import load_config
     from ldm.util import instantiate_from_config
 
@@ -108,6 +119,7 @@ def mouth_model_and_batch():
         "target": "ldm.modules.encoders.mouth.MouthPredictor",
         "params": {"feature_dim": 29, "ridge": 1.0},
     }
+    cfg.model.params = OmegaConf.merge(cfg.model.params, params)
     torch.manual_seed(0)
     model = instantiate_from_config(cfg.model)
     upper, mouth = faces(8)
@@ -143,3 +155,79 @@ def test_the_audio_feature_is_the_true_mouth_when_training_and_the_predicted_one
     assert {id(p) for p in model.mouth_model.embed.parameters()} <= {
         id(p) for p in model.trainable_parameters()
     }
+
+
+def test_mouth_heatmaps_peak_at_each_point_on_the_latent_grid():
+    # 128 px frame, 32 x 32 latent: cell (row r, column c) covers pixels [4r, 4r + 4) x [4c, 4c + 4)
+    points = torch.tensor([[[38.0, 22.0], [10.0, 101.0], [40.0, 22.0]]])  # (x, y) pixels
+    maps = mouth_heatmaps(points, frame_size=128, latent_size=32, sigma=1.0)
+    assert maps.shape == (1, 3, 32, 32)
+    assert maps[0, 0, 5, 9] == pytest.approx(1.0)  # x 38 -> column 9, y 22 -> row 5: its centre
+    assert maps[0, 0, 5, 10] == pytest.approx(math.exp(-0.5))  # one cell away, sigma 1 cell
+    assert maps[0, 0, 7, 9] == pytest.approx(math.exp(-2.0))
+    assert int(maps[0, 1].argmax()) == 25 * 32 + 2
+    # on the border of two cells (x 40): both equally, less than at a centre
+    assert maps[0, 2, 5, 9] == pytest.approx(float(maps[0, 2, 5, 10]))
+    assert maps[0, 2, 5, 9] < 0.9
+
+
+SKETCH = {"mouth_sketch": True, "unet_config": {"params": {"in_channels": 44}}}
+
+
+def peak_cells(sketch: torch.Tensor) -> torch.Tensor:
+    """(B, 20, h, w) heatmaps -> (B, 20, 2) (column, row) of each channel's maximum."""
+    flat = sketch.flatten(2).argmax(-1)
+    return torch.stack([flat % sketch.shape[-1], flat // sketch.shape[-1]], dim=-1)
+
+
+def test_the_mouth_sketch_draws_the_true_mouth_in_training_and_the_predicted_one_otherwise():
+    model, batch = mouth_model_and_batch(**SKETCH)
+    other_audio = {**batch, "audio_smooth": torch.randn(8, 8, 16, 29)}
+    shut = batch["mouth_landmarks"].clone()
+    shut[:, :, 1] = shut[:, :, 1].mean(1, keepdim=True)  # every lip point on one line
+    other_mouth = {**batch, "mouth_landmarks": shut}
+    inside = ((batch["mouth_landmarks"] > 2) & (batch["mouth_landmarks"] < 126)).all(-1)
+
+    def sketch_of(b):
+        return model.audio_condition(b, b["audio_smooth"])["mouth_sketch"]
+
+    with torch.no_grad():
+        model.train()
+        sketch = sketch_of(batch)
+        assert sketch.shape == (8, 20, 32, 32)
+        truth_cells = (batch["mouth_landmarks"] / 4).floor().long()
+        assert torch.equal(peak_cells(sketch)[inside], truth_cells[inside])
+        assert torch.equal(sketch_of(other_audio), sketch)
+        assert not torch.allclose(sketch_of(other_mouth), sketch)
+        model.eval()
+        test = sketch_of(batch)
+        assert torch.equal(sketch_of(other_mouth), test)
+        assert not torch.allclose(sketch_of(other_audio), test)
+        predicted = model.mouth_model.points(
+            model.mouth_model(batch["audio_smooth"]), batch["landmarks"]
+        )
+        assert torch.equal(peak_cells(test)[inside], (predicted / 4).floor().long()[inside])
+
+
+def test_the_mouth_sketch_joins_the_unet_input_after_the_two_latents():
+    model, batch = mouth_model_and_batch(**SKETCH)
+    model.eval()
+    seen = {}
+    first_conv = model.model.diffusion_model.input_blocks[0]
+    first_conv.register_forward_hook(lambda m, args, out: seen.update(x=args[0]))
+    with torch.no_grad():
+        cond = model.get_learned_conditioning(batch)
+        x = torch.randn(8, 8, 32, 32)
+        model.model(x, torch.full((8,), 10), cond)
+    assert seen["x"].shape[1] == 8 + 8 + 8 + 20
+    assert torch.equal(seen["x"][:, :8], x)
+    assert torch.equal(seen["x"][:, 24:], cond["mouth_sketch"])
+
+
+def test_mouth_sketch_needs_a_mouth_predictor_and_twenty_more_unet_channels():
+    with pytest.raises(
+        ValueError, match=r"in_channels = 24, .* plus 20 for model\.params\.mouth_sketch"
+    ):
+        mouth_model_and_batch(mouth_sketch=True, unet_config={"params": {"in_channels": 24}})
+    with pytest.raises(ValueError, match="mouth_sketch needs model.params.mouth_config"):
+        mouth_model_and_batch(mouth_sketch=True, mouth_config=None)

@@ -268,6 +268,27 @@ def test_tiny_run_writes_checkpoints_grids_config_and_tensorboard(data, tmp_path
     assert list((logdir / "tensorboard").glob("events.out.tfevents.*"))
 
 
+def test_max_time_stops_a_run_early_with_its_last_checkpoint_and_says_so(data, tmp_path):
+    logs = tmp_path / "logs"
+    progress = tmp_path / "progress.yaml"  # an extra --base config: overrides add no new keys
+    progress.write_text(
+        "lightning:\n  callbacks:\n    progress:\n      target: ldm.callbacks.ProgressETA\n"
+        "      params: {every_n_steps: 1}\n"
+    )
+    argv = talking_args(data, str(progress), "-t", "--max_steps", "100000", "-l", str(logs))
+    res = run(
+        [
+            *argv,
+            "lightning.trainer.max_time=00:00:00:04",
+            "lightning.callbacks.image_logger.params.batch_frequency=100000",
+        ],
+        tmp_path,
+    )
+    step = load_ckpt(the_logdir(logs) / "checkpoints" / "last.ckpt")["global_step"]
+    assert 0 < step < 100000
+    assert f"stopped at step {step}/100000: its time budget" in res.stderr
+
+
 def test_kill9_then_resume_continues_at_the_same_step_and_state(data, tmp_path):
     logs = tmp_path / "logs"
     args = talking_args(data, report_yaml(tmp_path), "-t", "-l", str(logs))

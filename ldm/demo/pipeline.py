@@ -52,14 +52,17 @@ class Budget:
 
     The first stage trains ``ae_epochs`` passes over the training frames, the talking LDM
     ``ldm_epochs`` passes, each at its config's batch size and clipped to [min, max] steps: a
-    few seconds of footage still train enough, and a minute or more stays within about 30
-    minutes on 2 cores.
+    few seconds of footage still train enough, and a minute or more costs no more. Each stops
+    earlier if its ``*_minutes`` run out (Lightning's ``max_time``; None = no limit), so a slower
+    CPU trains fewer steps but the run still ends in about 30 minutes.
     """
 
     ae_epochs: float = 8.0
     ae_steps: tuple[int, int] = (200, 600)  # 300 -> 600: lower face 30.2 -> 32.1 dB (README)
     ldm_epochs: float = 80.0
     ldm_steps: tuple[int, int] = (1000, 1500)
+    ae_minutes: float | None = None
+    ldm_minutes: float | None = None
 
     def first_stage(self, n_frames: int, batch_size: int) -> int:
         """First-stage steps for ``n_frames`` training frames at ``batch_size``."""
@@ -75,6 +78,12 @@ def clipped_steps(epochs: float, n_frames: int, batch_size: int, bounds: tuple[i
     return min(max(round(epochs * n_frames / batch_size), bounds[0]), bounds[1])
 
 
+def max_time(minutes: float) -> str:
+    """``minutes`` as Lightning's max_time string DD:HH:MM:SS."""
+    days, rest = divmod(round(minutes * 60), 86400)
+    return f"{days:02d}:{rest // 3600:02d}:{rest // 60 % 60:02d}:{rest % 60:02d}"
+
+
 @functools.lru_cache(maxsize=8)
 def merged_config(configs: tuple[str, ...], overrides: tuple[str, ...]) -> DictConfig:
     """The config main.py will run for ``configs`` and ``overrides`` (read once per stage)."""
@@ -86,7 +95,7 @@ def batch_size(configs: list[str], overrides: list[str]) -> int:
     return int(merged_config(tuple(configs), tuple(overrides)).data.params.batch_size)
 
 
-FULL = Budget()
+FULL = Budget(ae_minutes=13.0, ldm_minutes=9.0)  # README, "Budget": ~30 min on 2 cores
 QUICK = Budget(ae_steps=(200, 200), ldm_steps=(1000, 1000))
 SAMPLE = Budget(ae_steps=(500, 500), ldm_steps=(1500, 1500))  # the previous demo's steps
 SAMPLE_QUICK = Budget(ae_steps=(500, 500), ldm_steps=(700, 700))
@@ -135,8 +144,12 @@ class Pipeline:
             out.append(f"data.params.{split}.params.root={root}")
         return out
 
-    def train(self, stage: str, configs: list[str], steps: int, extra: list[str]) -> Path:
-        """main.py on ``configs`` for ``steps`` steps (resumed if interrupted); its run dir."""
+    def train(
+        self, stage: str, configs: list[str], steps: int, extra: list[str],
+        minutes: float | None = None,
+    ) -> Path:  # fmt: skip
+        """main.py on ``configs`` for ``steps`` steps, or ``minutes`` if they run out first
+        (resumed if interrupted: the time already spent counts); its run dir."""
         logs = self.out / "logs"
         runs = sorted(logs.glob(f"*_{stage}"))
         if runs and (runs[-1] / "checkpoints" / "last.ckpt").exists():  # an interrupted run
@@ -145,6 +158,8 @@ class Pipeline:
             cmd = ["main.py", "--base", *configs, "-t", "-l", str(logs), "-n", stage]
         cmd += ["--max_steps", str(steps), "--accelerator", "cpu"]
         cmd += extra
+        if minutes is not None:
+            cmd.append(f"lightning.trainer.max_time={max_time(minutes)}")
         if "progress" in merged_config(tuple(configs), tuple(extra)).lightning.callbacks:
             cmd.append(NO_BAR)  # ProgressETA logs step, s/step and ETA; the bar's thread costs ~4%
         self.run(stage, cmd)
@@ -157,7 +172,7 @@ class Pipeline:
             configs, extra = [SAMPLE_AE[0]], [*extra, *SAMPLE_AE[1:], "data.params.batch_size=8"]
         steps = self.budget.first_stage(n_frames, batch_size(configs, extra))
         logger.info("first stage: %d steps for %d training frames", steps, n_frames)
-        run_dir = self.train("first_stage", configs, steps, extra)
+        run_dir = self.train("first_stage", configs, steps, extra, self.budget.ae_minutes)
         ckpt = self.out / "first_stage.ckpt"
         if not ckpt.exists():
             shutil.copy(run_dir / "checkpoints" / "last.ckpt", ckpt)
@@ -170,7 +185,7 @@ class Pipeline:
         extra.append(f"model.params.first_stage_config.params.ckpt_path={first_stage}")
         steps = self.budget.talking(n_frames, batch_size(configs, extra))
         logger.info("talking LDM: %d steps for %d training frames", steps, n_frames)
-        return self.train("talking", configs, steps, extra)
+        return self.train("talking", configs, steps, extra, self.budget.ldm_minutes)
 
     def render(self, stage: str, run_dir: Path, footage: Footage, out: Path, extra: list[str]):
         """scripts/inference.py on the test clip, driven by its own audio."""

@@ -22,7 +22,7 @@ from ldm.models.diffusion.sizes import check_sizes
 from ldm.models.diffusion.wrapper import Cond
 from ldm.modules.distributions import DiagonalGaussianDistribution
 from ldm.modules.encoders.modules import encode_audio
-from ldm.modules.encoders.mouth import fit_on_dataset
+from ldm.modules.encoders.mouth import N_MOUTH, fit_on_dataset, mouth_heatmaps
 from ldm.util import instantiate_from_config, load_state_dict_file
 
 logger = logging.getLogger(__name__)
@@ -59,6 +59,7 @@ class LatentDiffusion(DDPM):
         appearance_jitter: float = 0.0,  # window moves / colour changes; 0 = off (original)
         mouth_config: Any = None,  # MouthPredictor: mouth landmarks from the audio join the
         # landmark condition (None: upper face only, as the original; ldm/modules/encoders/mouth.py)
+        mouth_sketch: bool = False,  # and, as heatmaps, join the UNet's input (needs mouth_config)
         ckpt_path: str | None = None,
         ignore_keys: tuple[str, ...] = (),
         **kwargs: Any,
@@ -91,6 +92,9 @@ class LatentDiffusion(DDPM):
         self.cond_stage_model_for_audio_smooth = instantiate_from_config(audio_attention_config)
         self.cond_stage_model_for_ldm = instantiate_from_config(landmark_config)
         self.mouth_model = None if mouth_config is None else instantiate_from_config(mouth_config)
+        if mouth_sketch and self.mouth_model is None:
+            raise ValueError("model.params.mouth_sketch needs model.params.mouth_config")
+        self.mouth_sketch = mouth_sketch
         if self.mouth_model is not None:  # the audio reaches the UNet through the mouth only
             self.cond_stage_model_for_audio.requires_grad_(False)
             self.cond_stage_model_for_audio_smooth.requires_grad_(False)
@@ -101,6 +105,7 @@ class LatentDiffusion(DDPM):
             self.cond_stage_model_for_audio_smooth,
             self.cond_stage_model_for_ldm,
             channels=self.channels,
+            sketch_channels=N_MOUTH if mouth_sketch else 0,
         )
         if ckpt_path is not None:
             self.init_from_ckpt(ckpt_path, ignore_keys)
@@ -210,30 +215,45 @@ class LatentDiffusion(DDPM):
             reference = self.condition_scale * self.reference_latents(batch)
         else:
             reference = reference_latent.expand(len(masked), -1, -1, -1)
+        landmarks = batch["landmarks"].to(self.device, torch.float32)
         return {
             "masked_latent": masked,
             "reference_latent": reference,
-            "audio_feature": self.audio_feature(batch, audio),
-            "landmark_feature": self.cond_stage_model_for_ldm(
-                batch["landmarks"].to(self.device, torch.float32)
-            ),
+            "landmark_feature": self.cond_stage_model_for_ldm(landmarks),
+            **self.audio_condition(batch, audio),
         }
 
-    def audio_feature(self, batch: dict[str, Any], audio: torch.Tensor) -> torch.Tensor:
-        """(B, dim_aud) audio feature; with a MouthPredictor, the feature of the mouth shape:
-        the target's own when training, predicted from the audio otherwise."""
+    def audio_condition(self, batch: dict[str, Any], audio: torch.Tensor) -> Cond:
+        """``audio_feature`` (B, dim_aud); with a MouthPredictor the feature of the mouth's
+        shape (``mouth_code``), and with ``mouth_sketch`` that shape's points drawn as
+        ``mouth_sketch`` heatmaps (B, 20, h, w) on the target's face."""
         if self.mouth_model is None:
-            return encode_audio(
-                self.cond_stage_model_for_audio, self.cond_stage_model_for_audio_smooth, audio
-            )
+            return {
+                "audio_feature": encode_audio(
+                    self.cond_stage_model_for_audio, self.cond_stage_model_for_audio_smooth, audio
+                )
+            }
+        code = self.mouth_code(batch, audio)
+        cond = {"audio_feature": self.mouth_model.feature(code)}
+        if self.mouth_sketch:
+            points = self.mouth_model.points(code, batch["landmarks"].to(self.device))
+            cond["mouth_sketch"] = mouth_heatmaps(points, self.frame_size, self.image_size)
+        return cond
+
+    def audio_feature(self, batch: dict[str, Any], audio: torch.Tensor) -> torch.Tensor:
+        """(B, dim_aud) audio feature of a batch (``audio_condition``)."""
+        return self.audio_condition(batch, audio)["audio_feature"]
+
+    def mouth_code(self, batch: dict[str, Any], audio: torch.Tensor) -> torch.Tensor:
+        """(B, 40) mouth-shape code: the target's own plus ``code_noise`` when training, the
+        prediction from the audio otherwise (the bank's ``mouth_code`` when it has picked)."""
         if self.training:
             lms = batch["landmarks"].to(self.device)
             code = self.mouth_model.code(batch["mouth_landmarks"].to(self.device), lms)
-        elif "mouth_code" in batch:  # predicted already (the reference bank picks with it)
-            code = batch["mouth_code"].to(self.device)
-        else:
-            code = self.mouth_model(audio)
-        return self.mouth_model.feature(code, train=self.training)
+            return self.mouth_model.add_noise(code)
+        if "mouth_code" in batch:  # predicted already (the reference bank picks with it)
+            return batch["mouth_code"].to(self.device)
+        return self.mouth_model(audio)
 
     def get_input(self, batch: dict[str, Any]) -> tuple[torch.Tensor, Cond, torch.Tensor | None]:
         """Batch -> (z_0 (B, C, h, w), conditions, loss weight map or None)."""

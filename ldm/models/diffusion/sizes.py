@@ -15,6 +15,7 @@ def size_mismatches(
     audio_attention: nn.Module,  # AudioAttNet
     landmarks: nn.Module,  # LdmNet
     channels: int,  # model.params.channels
+    sketch_channels: int = 0,  # model.params.mouth_sketch: 20 mouth heatmaps (else 0)
 ) -> list[str]:
     """Every size of one sub-config that another does not match, named by its config keys."""
     latent = first_stage.embed_dim
@@ -27,9 +28,10 @@ def size_mismatches(
             f"= {context}",
         ),
         (
-            unet.in_channels == 3 * latent,
+            unet.in_channels == 3 * latent + sketch_channels,
             f"{UNET}.in_channels = {unet.in_channels}, but [noisy, masked, reference] latents "
-            f"are 3 x {P}.first_stage_config.params.embed_dim ({latent}) = {3 * latent}",
+            f"are 3 x {P}.first_stage_config.params.embed_dim ({latent}) = {3 * latent}"
+            + (f", plus {sketch_channels} for {P}.mouth_sketch" if sketch_channels else ""),
         ),
         (
             unet.out_channels == latent,
@@ -49,8 +51,8 @@ def size_mismatches(
     return [message for ok, message in checks if not ok]
 
 
-def check_sizes(*modules: nn.Module, channels: int) -> None:
+def check_sizes(*modules: nn.Module, channels: int, sketch_channels: int = 0) -> None:
     """Raise one ValueError listing every mismatch of ``size_mismatches``."""
-    problems = size_mismatches(*modules, channels=channels)
+    problems = size_mismatches(*modules, channels=channels, sketch_channels=sketch_channels)
     if problems:
         raise ValueError("model config sizes do not fit together:\n- " + "\n- ".join(problems))

@@ -17,10 +17,12 @@ class DiffusionWrapper(nn.Module):
 
     ``hybrid`` conditioning, as DiffTalk does it (SPEC 4.3): the UNet input is the channel concat
     [noisy latent, masked-frame latent, reference latent] and the cross-attention context is one
-    token [audio feature ‖ landmark feature] of shape (B, 1, 128).
+    token [audio feature ‖ landmark feature] of shape (B, 1, 128). With ``mouth_sketch`` (the
+    demo recipe; not in the original) the 20 mouth-point heatmaps follow the two latents.
     """
 
     CONCAT_KEYS = ("masked_latent", "reference_latent")
+    SKETCH_KEY = "mouth_sketch"  # demo recipe (model.params.mouth_sketch): appended when present
     CONTEXT_KEYS = ("audio_feature", "landmark_feature")
 
     def __init__(self, diff_model_config: Any, conditioning_key: str = "hybrid") -> None:
@@ -34,6 +36,7 @@ class DiffusionWrapper(nn.Module):
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, cond: Cond) -> torch.Tensor:
         """x (B, C, h, w), t (B,), cond with the four keys above -> eps (B, C, h, w)."""
-        x_in = torch.cat([x, *(cond[k] for k in self.CONCAT_KEYS)], dim=1)  # (B, 9, h, w)
+        sketch = [cond[self.SKETCH_KEY]] if self.SKETCH_KEY in cond else []
+        x_in = torch.cat([x, *(cond[k] for k in self.CONCAT_KEYS), *sketch], dim=1)  # (B, 9, h, w)
         context = torch.cat([cond[k] for k in self.CONTEXT_KEYS], dim=-1)[:, None]  # (B, 1, 128)
         return self.diffusion_model(x_in, t, context=context)

@@ -30,6 +30,7 @@ from ldm.models.diffusion.reference_align import STABLE_POINTS, invert_affine, s
 logger = logging.getLogger(__name__)
 
 N_MOUTH = len(MOUTH)
+SKETCH_SIGMA = 1.0  # latent cells (4 px of a 128 px frame at f4)
 
 
 def shape_template(upper: torch.Tensor) -> torch.Tensor:
@@ -59,6 +60,18 @@ def mouth_points(code: torch.Tensor, upper: torch.Tensor, template: torch.Tensor
     """Inverse of ``mouth_code``: (B, 40) -> (B, 20, 2) pixels on each frame's own face."""
     inverse = invert_affine(to_template(upper, template))
     return affine(code.double().view(-1, N_MOUTH, 2), inverse).float()
+
+
+def mouth_heatmaps(
+    points: torch.Tensor, frame_size: int, latent_size: int, sigma: float = SKETCH_SIGMA
+) -> torch.Tensor:
+    """(B, 20, 2) mouth points in pixels of the frame -> (B, 20, h, w) heatmaps on the latent
+    grid: channel i a Gaussian of ``sigma`` cells with its peak of 1 at point i."""
+    cells = points.float() * (latent_size / frame_size) - 0.5  # cell i spans pixels [4i, 4i+4)
+    grid = torch.arange(latent_size, dtype=torch.float32, device=points.device)
+    dx = grid[None, None, None, :] - cells[..., 0, None, None]
+    dy = grid[None, None, :, None] - cells[..., 1, None, None]
+    return torch.exp(-(dx**2 + dy**2) / (2 * sigma**2))
 
 
 class MouthPredictor(nn.Module):
@@ -133,12 +146,18 @@ class MouthPredictor(nn.Module):
         self.weight.copy_(w)
         self.fitted.fill_(True)
 
-    def feature(self, code: torch.Tensor, train: bool) -> torch.Tensor:
-        """(B, 40) codes -> (B, dim_out) feature; ``train`` adds ``code_noise``."""
-        x = (code.to(self.bias) - self.bias) / self.code_std
-        if train and self.code_noise:
-            x = x + self.code_noise * torch.randn_like(x)
-        return self.embed(x)
+    def add_noise(self, code: torch.Tensor) -> torch.Tensor:
+        """(B, 40) true codes plus ``code_noise`` x their spread (training: the predictions
+        it will be given at test time are off by about that much)."""
+        return code + self.code_noise * self.code_std * torch.randn_like(code)
+
+    def points(self, code: torch.Tensor, upper: torch.Tensor) -> torch.Tensor:
+        """(B, 40) codes -> (B, 20, 2) mouth points on the faces of (B, 39, 2) ``upper``."""
+        return mouth_points(code, upper, self.template)
+
+    def feature(self, code: torch.Tensor) -> torch.Tensor:
+        """(B, 40) codes -> (B, dim_out) feature."""
+        return self.embed((code.to(self.bias) - self.bias) / self.code_std)
 
     def forward(self, audio: torch.Tensor) -> torch.Tensor:
         """(B, 8, 16, D) -> (B, 40) predicted mouth shape codes."""
