@@ -45,7 +45,7 @@ def test_a_later_config_that_changes_target_replaces_the_node():
     assert first.params.ddconfig.double_z is True
     unet = config.model.params.unet_config
     assert unet.target.endswith("UNetModel")  # same target: merged, not replaced
-    assert unet.params.in_channels == 24 and unet.params.model_channels == 32  # demo + small
+    assert unet.params.in_channels == 44 and unet.params.model_channels == 32  # demo + small
     assert config.model.params.channels == unet.params.out_channels == 8
 
 
@@ -111,7 +111,8 @@ def test_a_mouth_code_in_the_batch_conditions_the_model_in_place_of_its_audio(de
     _, model, _ = demo_model
     model.eval()
     audio = torch.randn(2, 8, 16, 29)
-    face = {"landmarks": torch.rand(2, 39, 2) * 60 + 30}  # where the mouth sketch is drawn
+    side = model.frame_size  # where the mouth sketch is drawn: a face inside the frame
+    face = {"landmarks": (torch.rand(2, 39, 2) * 0.5 + 0.25) * side}
     with torch.no_grad():
         code = model.mouth_model(audio)
         from_audio = model.audio_condition(face, audio)
