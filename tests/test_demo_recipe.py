@@ -194,10 +194,16 @@ def test_budget_follows_the_training_frames_and_the_configs_batch_sizes():
     assert batch_size([str(SMALL), str(DEMO)], ["data.params.batch_size=5"]) == 5
 
 
-def test_trainings_that_log_progress_turn_the_bar_off(tmp_path, monkeypatch):
-    commands = {}
-    monkeypatch.setattr(Pipeline, "run", lambda self, stage, cmd: commands.setdefault(stage, cmd))
+@pytest.fixture
+def commands(tmp_path, monkeypatch) -> dict[str, list[str]]:
+    """The command line each demo stage would run (stage -> argv), none of them run."""
+    seen: dict[str, list[str]] = {}
+    monkeypatch.setattr(Pipeline, "run", lambda self, stage, cmd: seen.setdefault(stage, cmd))
     monkeypatch.setattr("ldm.demo.pipeline.latest_run", lambda logs, stage: tmp_path)
+    return seen
+
+
+def test_trainings_that_log_progress_turn_the_bar_off(tmp_path, commands):
     for sample in (False, True):
         pipe = Pipeline(tmp_path / str(sample), SAMPLE, sample=sample)
         commands.clear()
@@ -220,10 +226,7 @@ def test_real_clips_train_under_a_time_limit_unless_told_not_to():
     assert demo.demo_budget(sample=True, quick=False, no_time_limit=True) is SAMPLE
 
 
-def test_the_real_speaker_budget_caps_each_training_by_time(tmp_path, monkeypatch):
-    commands = {}
-    monkeypatch.setattr(Pipeline, "run", lambda self, stage, cmd: commands.setdefault(stage, cmd))
-    monkeypatch.setattr("ldm.demo.pipeline.latest_run", lambda logs, stage: tmp_path)
+def test_the_real_speaker_budget_caps_each_training_by_time(tmp_path, commands):
     (tmp_path / "first_stage.ckpt").touch()
     for budget, caps in ((FULL, ("00:00:13:00", "00:00:09:00")), (SAMPLE, (None, None))):
         commands.clear()

@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import torch
 
-CONDITION_LATENTS = ("masked_latent", "reference_latent")
+from ldm.models.diffusion.wrapper import DiffusionWrapper
+
+CONDITION_LATENTS = DiffusionWrapper.CONCAT_KEYS  # the masked and reference latents
 
 
 def jitter_corners(corners: torch.Tensor, jitter: int, limit: int) -> torch.Tensor:

@@ -19,7 +19,7 @@ from ldm.models.diffusion.image_logging import log_talking_images
 from ldm.models.diffusion.latent_cache import FirstStageCache
 from ldm.models.diffusion.reference_align import align_references, match_colours
 from ldm.models.diffusion.sizes import check_sizes
-from ldm.models.diffusion.wrapper import Cond
+from ldm.models.diffusion.wrapper import Cond, DiffusionWrapper
 from ldm.modules.distributions import DiagonalGaussianDistribution
 from ldm.modules.encoders.modules import encode_audio
 from ldm.modules.encoders.mouth import N_MOUTH, fit_on_dataset, mouth_heatmaps
@@ -237,7 +237,8 @@ class LatentDiffusion(DDPM):
         cond = {"audio_feature": self.mouth_model.feature(code)}
         if self.mouth_sketch:
             points = self.mouth_model.points(code, batch["landmarks"].to(self.device))
-            cond["mouth_sketch"] = mouth_heatmaps(points, self.frame_size, self.image_size)
+            sketch = mouth_heatmaps(points, self.frame_size, self.image_size)
+            cond[DiffusionWrapper.SKETCH_KEY] = sketch
         return cond
 
     def audio_feature(self, batch: dict[str, Any], audio: torch.Tensor) -> torch.Tensor:

@@ -18,12 +18,13 @@ from typing import Any
 import torch
 
 from ldm.data import layout
+from ldm.models.diffusion.wrapper import DiffusionWrapper
 
 logger = logging.getLogger(__name__)
 
 NOSE_TIP = layout.upper_face_index(layout.NOSE_TIP)  # within a batch's 39 upper-face landmarks
 NOSE_ROWS_ABOVE = 6  # window top, in latent cells above the nose tip (keeps the nose in view)
-LATENT_KEYS = ("masked_latent", "reference_latent", "mouth_sketch")  # the spatial conditions
+LATENT_KEYS = (*DiffusionWrapper.CONCAT_KEYS, DiffusionWrapper.SKETCH_KEY)  # spatial conditions
 
 
 def window_corners(

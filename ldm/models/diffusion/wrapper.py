@@ -37,6 +37,6 @@ class DiffusionWrapper(nn.Module):
     def forward(self, x: torch.Tensor, t: torch.Tensor, cond: Cond) -> torch.Tensor:
         """x (B, C, h, w), t (B,), cond with the four keys above -> eps (B, C, h, w)."""
         sketch = [cond[self.SKETCH_KEY]] if self.SKETCH_KEY in cond else []
-        x_in = torch.cat([x, *(cond[k] for k in self.CONCAT_KEYS), *sketch], dim=1)  # (B, 9, h, w)
+        x_in = torch.cat([x, *(cond[k] for k in self.CONCAT_KEYS), *sketch], dim=1)  # (B, 3C(+20))
         context = torch.cat([cond[k] for k in self.CONTEXT_KEYS], dim=-1)[:, None]  # (B, 1, 128)
         return self.diffusion_model(x_in, t, context=context)
