@@ -119,9 +119,38 @@ def test_ema_warms_up_and_swaps_in_and_out(original_vectors):
 
 
 def test_options_nothing_honours_are_clear_errors(original_vectors):
-    with pytest.raises(ValueError, match="parameterization must be 'eps'"):
+    with pytest.raises(ValueError, match="parameterization must be one of"):
         make_ddpm(original_vectors["unet"]["config"], parameterization="x0")
     for key, value in (("loss_type", "l1"), ("beta_schedule", "cosine")):
         cfg = OmegaConf.create({"target": "ldm.models.diffusion.ddpm.DDPM", "params": {key: value}})
         with pytest.raises(ConfigError, match=f"takes no parameter '{key}'"):
             check_targets(cfg)
+
+
+class TrueV(torch.nn.Module):
+    """A denoiser that outputs the exact v of known (z_0, eps)."""
+
+    def __init__(self, ddpm: DDPM, z0: torch.Tensor, noise: torch.Tensor) -> None:
+        super().__init__()
+        self.a, self.s = ddpm.sqrt_alphas_cumprod, ddpm.sqrt_one_minus_alphas_cumprod
+        self.z0, self.noise = z0, noise
+
+    def forward(self, x, t, cond):
+        a, s = self.a[t].view(-1, 1, 1, 1), self.s[t].view(-1, 1, 1, 1)
+        return a * self.noise - s * self.z0
+
+
+@pytest.mark.parametrize("parameterization", ["eps", "v"])
+def test_v_prediction_is_converted_to_eps(original_vectors, parameterization):
+    model = make_ddpm(original_vectors["unet"]["config"], parameterization=parameterization)
+    gen = torch.Generator().manual_seed(0)
+    z0, noise = torch.randn(4, 3, 8, 8, generator=gen), torch.randn(4, 3, 8, 8, generator=gen)
+    t = torch.tensor([0, 250, 600, 999])
+    model.model = TrueV(model, z0, noise)
+    eps = model.apply_model(model.q_sample(z0, t, noise), t, {})
+    loss, _ = model.p_losses(z0, {}, t, noise=noise)
+    if parameterization == "v":  # the true v is the true eps once converted
+        torch.testing.assert_close(eps, noise, atol=1e-5, rtol=1e-5)
+        assert float(loss) < 1e-9
+    else:  # an eps model that outputs v is wrong wherever abar < 1
+        assert float(loss) > 0.1

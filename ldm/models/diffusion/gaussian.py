@@ -19,9 +19,11 @@ from ldm.util import default, mean_flat
 
 logger = logging.getLogger(__name__)
 
+PARAMETERIZATIONS = ("eps", "v")
+
 
 class DDPM(pl.LightningModule):
-    """Gaussian diffusion with eps prediction on whatever ``get_input`` returns (LDM's DDPM)."""
+    """Gaussian diffusion with eps (or v) prediction on what ``get_input`` returns (LDM's DDPM)."""
 
     def __init__(
         self,
@@ -29,7 +31,9 @@ class DDPM(pl.LightningModule):
         timesteps: int = 1000,
         linear_start: float = 1e-4,
         linear_end: float = 2e-2,
-        parameterization: str = "eps",  # the only one: the DDIM and DPM-Solver samplers assume it
+        parameterization: str = "eps",  # what the UNet outputs: "eps" (the original) or "v"
+        # (v = sqrt(abar) eps - sqrt(1 - abar) z_0, Salimans & Ho 2022), converted to eps in
+        # apply_model, so the loss and the samplers work in eps either way
         use_ema: bool = True,
         ema_decay: float = 0.9999,
         l_simple_weight: float = 1.0,
@@ -43,9 +47,9 @@ class DDPM(pl.LightningModule):
         monitor: str | None = None,
     ) -> None:
         super().__init__()
-        if parameterization != "eps":
+        if parameterization not in PARAMETERIZATIONS:
             raise ValueError(
-                f"model.params.parameterization must be 'eps' (the samplers predict noise), "
+                f"model.params.parameterization must be one of {PARAMETERIZATIONS}, "
                 f"got {parameterization!r}"
             )
         self.parameterization = parameterization
@@ -109,8 +113,17 @@ class DDPM(pl.LightningModule):
         )
 
     def apply_model(self, x_noisy: torch.Tensor, t: torch.Tensor, cond: Cond) -> torch.Tensor:
-        """Run the denoiser on (B, C, h, w) latents at timesteps t (B,)."""
-        return self.model(x_noisy, t, cond)
+        """The denoiser's eps estimate for (B, C, h, w) latents z_t at timesteps t (B,).
+
+        With ``parameterization: v`` the UNet predicts v and eps = sqrt(abar) v + sqrt(1 - abar)
+        z_t. The eps loss of that estimate is abar times the v loss, so with ``snr_gamma`` it
+        equals the v loss under Min-SNR's v weights min(SNR, gamma) / (SNR + 1)."""
+        out = self.model(x_noisy, t, cond)
+        if self.parameterization == "v":
+            a = extract_into_tensor(self.sqrt_alphas_cumprod, t, x_noisy.shape)
+            s = extract_into_tensor(self.sqrt_one_minus_alphas_cumprod, t, x_noisy.shape)
+            out = a * out + s * x_noisy
+        return out
 
     def p_losses(
         self,
