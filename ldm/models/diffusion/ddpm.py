@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
-from ldm.models.diffusion import augment
+from ldm.models.diffusion import augment, guidance
 from ldm.models.diffusion import mouth_window as mw
 from ldm.models.diffusion.gaussian import DDPM
 from ldm.models.diffusion.image_logging import log_talking_images
@@ -60,6 +60,8 @@ class LatentDiffusion(DDPM):
         mouth_config: Any = None,  # MouthPredictor: mouth landmarks from the audio join the
         # landmark condition (None: upper face only, as the original; ldm/modules/encoders/mouth.py)
         mouth_sketch: bool = False,  # and, as heatmaps, join the UNet's input (needs mouth_config)
+        condition_drop: float = 0.0,  # train without the speech this often, for guidance
+        # (0: never, as the original; ldm/models/diffusion/guidance.py)
         ckpt_path: str | None = None,
         ignore_keys: tuple[str, ...] = (),
         **kwargs: Any,
@@ -95,6 +97,9 @@ class LatentDiffusion(DDPM):
         if mouth_sketch and self.mouth_model is None:
             raise ValueError("model.params.mouth_sketch needs model.params.mouth_config")
         self.mouth_sketch = mouth_sketch
+        if not 0.0 <= condition_drop < 1.0:
+            raise ValueError(f"model.params.condition_drop must be in [0, 1), got {condition_drop}")
+        self.condition_drop = condition_drop
         if self.mouth_model is not None:  # the audio reaches the UNet through the mouth only
             self.cond_stage_model_for_audio.requires_grad_(False)
             self.cond_stage_model_for_audio_smooth.requires_grad_(False)
@@ -270,6 +275,8 @@ class LatentDiffusion(DDPM):
             if not self.scale_condition_latents:
                 raise ValueError("model.params.appearance_jitter needs scale_condition_latents")
             z, cond = augment.jitter_appearance(z, cond, self.appearance_jitter)
+        if self.training and self.condition_drop:
+            cond = guidance.drop_speech(cond, self.condition_drop)
         corners = self.window_corners(batch)
         if corners is None:
             return z, cond, weight
