@@ -130,13 +130,14 @@ def test_training_drops_the_speech_of_some_samples_for_guidance(demo_model, data
     _, model, _ = demo_model
     ds = TalkTrain(split_file=str(data / "data_train.txt"), root=str(data / "HDTF"), size=SIZE)
     batch = default_collate([ds[i % len(ds)] for i in range(16)])
+    recipe = model.condition_drop  # 0: guidance was measured, not kept (README)
     model.train()
     try:
         torch.manual_seed(0)
         model.condition_drop = 0.5
         _, cond, _ = model.get_input(batch)
     finally:
-        model.condition_drop = 0.0  # the recipe's (README: guidance was measured, not kept)
+        model.condition_drop = recipe
         model.eval()
     dropped = (cond["audio_feature"] == 0).all(-1)
     assert 0 < int(dropped.sum()) < 16  # some samples without the speech, not all

@@ -6,7 +6,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from test_diffusion import make_ddpm
+from test_diffusion import fixture_cond, make_ddpm
 
 from ldm.inference.render import RenderOptions
 from ldm.models.diffusion.ddim import DDIMSampler
@@ -68,7 +68,7 @@ def test_guidance_one_samples_exactly_as_the_plain_model(original_vectors):
     model = make_ddpm(original_vectors["unet"]["config"])
     model.model.diffusion_model.load_state_dict(original_vectors["unet"]["state_dict"])
     model.condition_drop = 0.1
-    cond = {k: v[k] for k in speech_cond(1) if k in v}
+    cond = fixture_cond(v)
     shape, x_T = tuple(v["x_T"].shape), v["x_T"]
     plain = DDIMSampler(model).sample(5, cond, shape, x_T=x_T)
     same = DDIMSampler(GuidedModel(model, 1.0)).sample(5, cond, shape, x_T=x_T)

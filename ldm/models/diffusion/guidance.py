@@ -1,4 +1,4 @@
-"""Classifier-free guidance on the speech (not in the original; the demo recipe).
+"""Classifier-free guidance on the speech (not in the original; measured, not in the demo recipe).
 
 Training with ``model.params.condition_drop`` p replaces, for a random fraction p of the samples,
 what the speech says (the audio feature and, with ``mouth_sketch``, the mouth heatmaps) by zeros,
@@ -21,19 +21,26 @@ SPEECH_KEYS = ("audio_feature", DiffusionWrapper.SKETCH_KEY)  # zeroed in the nu
 
 def drop_speech(cond: Cond, p: float, generator: torch.Generator | None = None) -> Cond:
     """``cond`` with the speech zeroed for each sample independently with probability p."""
-    first = next(iter(cond.values()))
-    keep = torch.rand(len(first), generator=generator) >= p  # (B,) on the CPU generator's device
-    keep = keep.to(first.device)
-
-    def masked(v: torch.Tensor) -> torch.Tensor:
-        return v * keep.view(-1, *([1] * (v.dim() - 1))).to(v.dtype)
-
-    return {k: masked(v) if k in SPEECH_KEYS else v for k, v in cond.items()}
+    return keep_speech(cond, torch.rand(batch_size(cond), generator=generator) >= p)  # on CPU
 
 
 def null_speech(cond: Cond) -> Cond:
     """``cond`` with the speech zeroed for every sample."""
-    return {k: torch.zeros_like(v) if k in SPEECH_KEYS else v for k, v in cond.items()}
+    return keep_speech(cond, torch.zeros(batch_size(cond), dtype=torch.bool))
+
+
+def keep_speech(cond: Cond, keep: torch.Tensor) -> Cond:
+    """``cond`` with the speech zeroed in the samples where ``keep`` (B,) is False."""
+
+    def masked(v: torch.Tensor) -> torch.Tensor:
+        return torch.where(keep.to(v.device).view(-1, *([1] * (v.dim() - 1))), v, 0.0)
+
+    return {k: masked(v) if k in SPEECH_KEYS else v for k, v in cond.items()}
+
+
+def batch_size(cond: Cond) -> int:
+    """B of a condition dict (every entry has it first)."""
+    return len(next(iter(cond.values())))
 
 
 class GuidedModel:
@@ -47,7 +54,14 @@ class GuidedModel:
                 "(it has never seen the null condition)"
             )
         self.model, self.scale = model, scale
-        self.alphas_cumprod, self.num_timesteps = model.alphas_cumprod, model.num_timesteps
+
+    @property
+    def alphas_cumprod(self) -> torch.Tensor:
+        return self.model.alphas_cumprod
+
+    @property
+    def num_timesteps(self) -> int:
+        return self.model.num_timesteps
 
     @property
     def device(self) -> torch.device:
