@@ -16,6 +16,7 @@ from torch.utils.data import DataLoader
 from ldm.config import load_config
 from ldm.data.images import ImageFolder
 from ldm.models.autoencoder import AutoencoderKL, VQModel, VQModelInterface
+from ldm.modules.diffusionmodules.model import Encoder
 from ldm.modules.distributions import DiagonalGaussianDistribution
 from ldm.modules.losses import LPIPSWithDiscriminator
 from ldm.modules.losses.lpips import LPIPS, load_lpips
@@ -337,3 +338,51 @@ def test_image_folder_random_crops_are_windows_of_the_frame(tmp_path):
         assert match, "a crop is not a window of the frame"
         corners.add(match[0])
     assert len(corners) > 1  # random positions
+
+
+@pytest.mark.parametrize("norm", ["group", "pixel"])
+def test_pixel_norm_keeps_the_latent_of_a_region_independent_of_the_rest_of_the_frame(norm):
+    torch.manual_seed(0)
+    encoder = Encoder(**{**SMALL_DDCONFIG, "ch": 32}, norm=norm, mid_attention=False).eval()
+    x = torch.rand(1, 3, 32, 64) * 2 - 1
+    other = x.clone()
+    other[:, :, :, 48:] = torch.tensor([0.9, -0.8, 0.7]).view(1, 3, 1, 1)  # a new background
+    with torch.no_grad():
+        change = (encoder(other) - encoder(x))[..., :4].abs().max()  # far left of the latent
+    if norm == "pixel":
+        assert change < 1e-6  # beyond the receptive field nothing moves
+    else:
+        assert change > 1e-3  # GroupNorm's statistics carry the background everywhere
+    with pytest.raises(ValueError, match="norm"):
+        Encoder(**SMALL_DDCONFIG, norm="batch")
+
+
+def test_mouth_focused_crops_contain_the_mouth(tmp_path):
+    from PIL import Image
+
+    from conftest import face_template
+
+    root = tmp_path / "images"
+    root.mkdir()
+    (tmp_path / "landmarks").mkdir()
+    lms = face_template(64)
+    for key in ("1_1", "1_2"):
+        Image.new("RGB", (64, 64)).save(root / f"{key}.jpg")
+        np.savetxt(tmp_path / "landmarks" / f"{key}.lms", lms * 2.0)  # a 128 px crop's pixels
+    dataset = ImageFolder(root, size=64, crop_size=24, mouth_crops=1.0, crop_jitter=4)
+    centre = lms[48:68].mean(0)  # (x, y) in the 64 px frame
+    for _ in range(20):
+        y, x = dataset.crop_corner(dataset.paths[0], 0.5)
+        assert x <= centre[0] < x + 24 and y <= centre[1] < y + 24
+        assert abs(x + 12 - centre[0]) <= 5 and abs(y + 12 - centre[1]) <= 5
+    assert dataset[1]["image"].shape == (24, 24, 3)
+    (tmp_path / "landmarks" / "1_2.lms").unlink()
+    with pytest.raises(FileNotFoundError, match="1_2.jpg.*landmarks"):
+        dataset[1]
+    with pytest.raises(ValueError, match="crop_size"):
+        ImageFolder(root, size=64, mouth_crops=0.5)
+    half = ImageFolder(root, size=64, crop_size=24, mouth_crops=0.5, crop_jitter=4)
+    np.random.seed(0)
+    corners = [half.crop_corner(half.paths[0], 0.5) for _ in range(1000)]
+    near = [abs(x + 12 - centre[0]) <= 5 and abs(y + 12 - centre[1]) <= 5 for y, x in corners]
+    assert 0.47 < np.mean(near) < 0.62  # half, plus the 7 % of the others that land there too

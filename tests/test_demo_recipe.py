@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import subprocess
 import sys
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -16,6 +17,7 @@ from test_train import common_overrides, data, data_overrides, load_main, the_lo
 from ldm.config import load_config
 from ldm.demo.pipeline import (
     AE_CONFIG,
+    FIRST_STAGE_SPLIT,
     FULL,
     NO_BAR,
     SAMPLE,
@@ -201,12 +203,13 @@ def test_progress_eta_is_the_time_budget_when_that_ends_first(caplog, monkeypatc
 
 
 def test_budget_follows_the_training_frames_and_the_configs_batch_sizes():
-    assert FULL.first_stage(150, 8) == 200  # 6 s of footage: 8 passes would be 150
-    assert FULL.first_stage(450, 8) == 450  # 18 s: 8 passes at batch 8
+    assert FULL.first_stage(150, 16) == 300  # 6 s of footage: 24 passes would be 225
+    assert FULL.first_stage(450, 16) == 675  # 18 s: 24 passes at batch 16
     assert FULL.talking(400, 16) == 1500 and FULL.talking(625, 16) == 1500  # 80 passes, capped
-    assert FULL.talking(250, 16) == 1250 and FULL.first_stage(300, 8) == 300  # 80 and 8 passes
+    assert FULL.talking(250, 16) == 1250 and FULL.first_stage(300, 8) == 900  # 80 and 24 passes
     assert FULL.talking(100, 16) == 1000  # a few seconds: the minimum
-    assert FULL.first_stage(625, 8) == 600 == FULL.first_stage(10_000, 8)  # 25 s on: capped
+    assert FULL.first_stage(625, 16) == 938  # 25 s
+    assert FULL.first_stage(1000, 16) == 1200 == FULL.first_stage(10_000, 16)  # 40 s on: capped
     custom = Budget(ae_epochs=2.0, ae_steps=(1, 10**6), ldm_epochs=1.0, ldm_steps=(1, 10**6))
     assert custom.first_stage(800, 8) == 200 and custom.first_stage(800, 4) == 400
     assert custom.talking(800, 32) == 25  # passes x frames / batch
@@ -248,9 +251,17 @@ def test_real_clips_train_under_a_time_limit_unless_told_not_to():
     assert demo.demo_budget(sample=True, quick=False, no_time_limit=True) is SAMPLE
 
 
+def demo_splits(out: Path, n_train: int = 40, n_test: int = 9) -> None:
+    """The split lists preprocessing writes for a run in ``out``: ids 1 train, 2 held out."""
+    (out / "data").mkdir(parents=True, exist_ok=True)
+    (out / "data" / "data_train.txt").write_text("".join(f"1_{f}\n" for f in range(1, n_train + 1)))
+    (out / "data" / "data_test.txt").write_text("".join(f"2_{f}\n" for f in range(1, n_test + 1)))
+
+
 def test_the_real_speaker_budget_caps_each_training_by_time(tmp_path, commands):
     (tmp_path / "first_stage.ckpt").touch()
-    for budget, caps in ((FULL, ("00:00:13:00", "00:00:09:00")), (SAMPLE, (None, None))):
+    demo_splits(tmp_path)
+    for budget, caps in ((FULL, ("00:00:10:00", "00:00:09:00")), (SAMPLE, (None, None))):
         commands.clear()
         pipe = Pipeline(tmp_path, budget, sample=budget is SAMPLE)
         pipe.first_stage(625)
@@ -366,3 +377,21 @@ def test_min_snr_weights_cap_the_clean_timesteps_only(demo_model):
     assert snr[0] > 5 and w[0] == pytest.approx(5 / float(snr[0]))  # nearly clean: down-weighted
     assert snr[2] < 5 and w[2] == 1.0  # noisy: unchanged
     model.snr_gamma = None
+
+
+def test_the_real_speaker_first_stage_also_learns_the_held_out_reference_frame(tmp_path, commands):
+    (tmp_path / "first_stage.ckpt").touch()
+    demo_splits(tmp_path, n_train=40)
+    Pipeline(tmp_path, FULL).first_stage(40)
+    split = [a for a in commands["first_stage"] if a.startswith("data.params.train.params.split")]
+    assert split == [f"data.params.train.params.split_file={tmp_path / 'data' / FIRST_STAGE_SPLIT}"]
+    keys = (tmp_path / "data" / FIRST_STAGE_SPLIT).read_text().split()
+    train = [f"1_{f}" for f in range(1, 41)]
+    assert keys[:40] == train and keys[40:] == ["2_1"] * 4  # a tenth of the samples, frame 1 only
+    assert not any(k.startswith("2_") and k != "2_1" for k in keys)  # no other held-out frame
+    commands.clear()
+    Pipeline(tmp_path, SAMPLE, sample=True).first_stage(40)  # the built-in sample: as before
+    assert (
+        f"data.params.train.params.split_file={tmp_path / 'data' / 'data_train.txt'}"
+        in (commands["first_stage"])
+    )

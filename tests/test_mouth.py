@@ -231,3 +231,73 @@ def test_mouth_sketch_needs_a_mouth_predictor_and_twenty_more_unet_channels():
         mouth_model_and_batch(mouth_sketch=True, unet_config={"params": {"in_channels": 24}})
     with pytest.raises(ValueError, match="mouth_sketch needs model.params.mouth_config"):
         mouth_model_and_batch(mouth_sketch=True, mouth_config=None)
+
+
+def shrunk_fit(calibrate: float) -> tuple[MouthPredictor, torch.Tensor, torch.Tensor]:
+    """A strong ridge on 2 principal shapes of noisy codes (the audio explains them in part);
+    returns the predictor and held-out (audio, codes)."""
+    torch.manual_seed(0)
+    audio = torch.randn(700, 8, 4, 3)
+    shapes = torch.randn(2, 40)
+    scores = audio[:, 4].flatten(1) @ torch.randn(12, 2) + 2.0 * torch.randn(700, 2)
+    codes = scores @ shapes + 0.01 * torch.randn(700, 40)
+    model = MouthPredictor(feature_dim=3, win_size=4, smooth=0, ridge=300, components=2,
+                           calibrate=calibrate)  # fmt: skip
+    model.fit_codes(audio[:500], codes[:500])
+    return model, audio[500:], codes[500:]
+
+
+def test_calibration_undoes_the_ridges_shrinkage_on_held_out_frames():
+    plain, audio, codes = shrunk_fit(calibrate=0.0)
+    calibrated, _, _ = shrunk_fit(calibrate=1.0)
+    half, _, _ = shrunk_fit(calibrate=0.5)
+    truth = (codes - codes.mean(0)) @ plain.basis.T  # the held-out principal-shape scores
+    for model in (plain, calibrated):
+        pred = (model(audio) - model.bias) @ model.basis.T
+        ratio = pred.std(0) / truth.std(0)
+        corr = [float(torch.corrcoef(torch.stack([pred[:, k], truth[:, k]]))[0, 1]) for k in (0, 1)]
+        assert min(corr) > 0.4  # both follow the audio ...
+        if model is plain:
+            assert ratio.max() < 0.6  # ... the plain ridge with a fraction of the spread
+        else:
+            assert ((ratio > 0.7) & (ratio < 1.4)).all()  # ... the calibrated one with about all
+    assert (calibrated.gain > 1.5).all() and torch.equal(plain.gain, torch.ones(2))
+    assert torch.allclose(half.gain, calibrated.gain.sqrt())
+    with pytest.raises(ValueError, match="calibrate"):
+        MouthPredictor(calibrate=2.0)
+
+
+def test_predictions_noise_and_projections_stay_within_the_principal_shapes():
+    model, audio, codes = shrunk_fit(calibrate=1.0)
+    model.code_noise = 0.5
+    for code in (model(audio), model.add_noise(codes), model.project(codes)):
+        inside = model.bias + (code - model.bias) @ model.basis.T @ model.basis
+        assert torch.allclose(code, inside, atol=1e-4)
+    assert not torch.allclose(model.add_noise(codes), model.project(codes), atol=1e-2)
+    # all 40 components keep the whole code
+    full = MouthPredictor(feature_dim=3, win_size=4)
+    full.fit_codes(audio, codes)
+    assert torch.allclose(full.project(codes), codes, atol=1e-4)
+    with pytest.raises(ValueError, match="components"):
+        MouthPredictor(components=41)
+
+
+def test_reference_prior_makes_the_untrained_model_return_the_references_posterior_mean():
+    model, batch = mouth_model_and_batch(reference_prior=True, **SKETCH)  # the demo's
+    plain, _ = mouth_model_and_batch(reference_prior=False, **SKETCH)
+    batch["reference_img"] = torch.rand(8, 128, 128, 3) * 2 - 1  # a reference with content
+    t = torch.tensor([50, 200, 500, 800, 950, 10, 300, 700])
+    z_t = torch.randn(8, 8, 32, 32)
+    a = model.sqrt_alphas_cumprod[t].view(-1, 1, 1, 1)
+    s = model.sqrt_one_minus_alphas_cumprod[t].view(-1, 1, 1, 1)
+    with torch.no_grad():
+        model.eval(), plain.eval()
+        cond = model.get_learned_conditioning(batch)
+        ref = cond["reference_latent"] * model.scale_factor / model.condition_scale
+        x0 = (z_t - s * model.apply_model(z_t, t, cond)) / a  # the UNet's last conv is zero
+        x0_plain = (z_t - s * plain.apply_model(z_t, t, cond)) / a
+    assert ref.abs().mean() > 0.05
+    assert torch.allclose(x0, a * z_t + s**2 * ref, atol=1e-4)  # N(ref, I) given z_t
+    assert torch.allclose(x0_plain, a * z_t, atol=1e-4)  # N(0, I) given z_t
+    with pytest.raises(ValueError, match="reference_prior needs parameterization: v"):
+        mouth_model_and_batch(reference_prior=True, parameterization="eps", **SKETCH)

@@ -3,6 +3,7 @@ bank (ldm/inference/bank.py)."""
 
 from __future__ import annotations
 
+import random
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -116,3 +117,22 @@ def test_a_bank_needs_a_fitted_mouth_predictor_and_the_option_its_list(tmp_path)
         RenderOptions(reference="bank")
     with pytest.raises(ValueError, match="go together"):
         RenderOptions(reference_bank=str(split))
+
+
+def test_self_reference_makes_that_fraction_of_items_their_own_reference(tmp_path):
+    data = speaking_dataset(tmp_path)
+    split = tmp_path / "data_train.txt"
+    split.write_text("".join(f"1_{f}\n" for f in range(1, N_FRAMES + 1)))
+    kw = dict(root=str(data), size=64, reference_margin=3, audio_shape=(8, 16, 29))
+    random.seed(0)
+    always = TalkTrain(str(split), self_reference=1.0, **kw)
+    item = always[7]
+    assert item["reference_frame"] == item["frame"]
+    assert np.array_equal(item["reference_img"], item["image"])
+    half = TalkTrain(str(split), self_reference=0.5, reference_choice="mouth", **kw)
+    own = [half[i % N_FRAMES]["reference_frame"] == half.keys[i % N_FRAMES, 1] for i in range(400)]
+    assert 0.4 < np.mean(own) < 0.6  # drawn anew each time an item is read
+    never = TalkTrain(str(split), **kw)
+    assert all(never[i]["reference_frame"] != never.keys[i, 1] for i in range(N_FRAMES))
+    with pytest.raises(ValueError, match="self_reference"):
+        TalkTrain(str(split), self_reference=1.5, **kw)

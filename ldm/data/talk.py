@@ -138,6 +138,8 @@ class TalkBase(Dataset):
         reference_choice: str = "random",  # random (SPEC 2) | mouth: one of the
         # ``mouth_candidates`` frames nearest in mouth shape (ldm/data/mouth_reference.py)
         mouth_candidates: int = 5,
+        self_reference: float = 0.0,  # training: this fraction of items is its own reference,
+        # drawn per item each time (0: never, the original; README, "The demo recipe")
         audio_id: int
         | None = None,  # drive every id with this id's audio (original inference: 105)
         with_inference_mask: bool = False,
@@ -171,6 +173,9 @@ class TalkBase(Dataset):
                 self.root, self.keys, reference_margin, mouth_candidates
             )
         self.references = np.asarray([self._draw_reference(i) for i in range(len(self.keys))])
+        if not 0.0 <= self_reference <= 1.0:
+            raise ValueError(f"self_reference must be a fraction in [0, 1], got {self_reference}")
+        self.self_reference = self_reference
         self.check_audio_shape(tuple(audio_shape))
 
     def __len__(self) -> int:
@@ -208,6 +213,8 @@ class TalkBase(Dataset):
     def __getitem__(self, index: int) -> dict[str, Any]:
         vid, frame = (int(v) for v in self.keys[index])
         ref = self._draw_reference(index) if self.resample_reference else self.references[index]
+        if self.self_reference and random.random() < self.self_reference:
+            ref = frame
         key, ref_key = format_key(vid, frame), format_key(vid, ref)
         image, scale = load_image(self.root / "images" / f"{key}.jpg", self.size)
         reference, _ = load_image(self.root / "images" / f"{ref_key}.jpg", self.size)

@@ -53,11 +53,13 @@ class ReferenceBank:
         logger.info("reference bank: %d frames from %s", len(keys), split_file)
 
     def pick(self, codes: torch.Tensor) -> np.ndarray:
-        """(B, 40) mouth codes -> (B,) indices of the bank frames with the nearest shapes
-        (distances in units of the codes' spread over the training frames)."""
-        std = self.predictor.code_std.cpu()
-        diff = (codes.cpu()[:, None] - self.codes[None]) / std
-        return diff.pow(2).sum(-1).argmin(1).numpy()
+        """(B, 40) mouth codes -> (B,) indices of the bank frames with the nearest shapes:
+        distances between the shapes within the predictor's principal components (the part it
+        predicts), in units of the codes' spread over the training frames."""
+        p = self.predictor
+        with torch.no_grad():
+            diff = (p.project(codes)[:, None] - p.project(self.codes)[None]) / p.code_std
+        return diff.pow(2).sum(-1).argmin(1).cpu().numpy()
 
     @torch.no_grad()
     def apply(self, batch: dict[str, Any]) -> np.ndarray:

@@ -77,6 +77,11 @@ class AutoencoderBase(pl.LightningModule):
             LOSS_PREFIX,
         )
 
+    @property
+    def factor(self) -> int:
+        """Pixels per latent cell along each side: 2 ** (levels - 1)."""
+        return 2 ** (self.encoder.num_resolutions - 1)
+
     def get_input(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
         """batch["image"] (B, H, W, 3) -> (B, 3, H, W) float, contiguous."""
         return rearrange(batch[IMAGE_KEY], "b h w c -> b c h w").float().contiguous()

@@ -20,6 +20,7 @@ from ldm.models.diffusion.latent_cache import FirstStageCache
 from ldm.models.diffusion.reference_align import align_references, match_colours
 from ldm.models.diffusion.sizes import check_sizes
 from ldm.models.diffusion.wrapper import Cond, DiffusionWrapper
+from ldm.modules.diffusionmodules.util import extract_into_tensor
 from ldm.modules.distributions import DiagonalGaussianDistribution
 from ldm.modules.encoders.modules import encode_audio
 from ldm.modules.encoders.mouth import N_MOUTH, fit_on_dataset, mouth_heatmaps
@@ -62,6 +63,8 @@ class LatentDiffusion(DDPM):
         mouth_sketch: bool = False,  # and, as heatmaps, join the UNet's input (needs mouth_config)
         condition_drop: float = 0.0,  # train without the speech this often, for guidance
         # (0: never, as the original; ldm/models/diffusion/guidance.py)
+        reference_prior: bool = False,  # v relative to the aligned reference, so the
+        # untrained UNet copies it where noise hides the frame (False: the original's plain v/eps)
         ckpt_path: str | None = None,
         ignore_keys: tuple[str, ...] = (),
         **kwargs: Any,
@@ -100,6 +103,9 @@ class LatentDiffusion(DDPM):
         if not 0.0 <= condition_drop < 1.0:
             raise ValueError(f"model.params.condition_drop must be in [0, 1), got {condition_drop}")
         self.condition_drop = condition_drop
+        if reference_prior and self.parameterization != "v":
+            raise ValueError("model.params.reference_prior needs parameterization: v")
+        self.reference_prior = reference_prior
         if self.mouth_model is not None:  # the audio reaches the UNet through the mouth only
             self.cond_stage_model_for_audio.requires_grad_(False)
             self.cond_stage_model_for_audio_smooth.requires_grad_(False)
@@ -206,6 +212,20 @@ class LatentDiffusion(DDPM):
         """Factor of the masked/reference latents (original: 1, they are never scaled)."""
         return self.scale_factor if self.scale_condition_latents else 1.0
 
+    def unet_output(self, x_noisy: torch.Tensor, t: torch.Tensor, cond: Cond) -> torch.Tensor:
+        """The UNet's v; with ``reference_prior`` taken relative to the reference latent r:
+        v = out - sqrt(1 - abar) r, so that z_0's estimate sqrt(abar) z_t - sqrt(1 - abar) v is
+        sqrt(abar) z_t + (1 - abar) r - sqrt(1 - abar) out. With out = 0 that is the posterior
+        mean of z_0 ~ N(r, I) given z_t: the reference where the noise hides the frame, the
+        frame where it does not. The UNet learns only how the target differs from its reference,
+        so a matching reference's lips and teeth are kept, not redrawn."""
+        out = self.model(x_noisy, t, cond)
+        if not self.reference_prior:
+            return out
+        s = extract_into_tensor(self.sqrt_one_minus_alphas_cumprod, t, x_noisy.shape)
+        reference = cond["reference_latent"] * (self.scale_factor / self.condition_scale)
+        return out - s * reference
+
     def get_learned_conditioning(
         self, batch: dict[str, Any], reference_latent: torch.Tensor | None = None
     ) -> Cond:
@@ -289,7 +309,7 @@ class LatentDiffusion(DDPM):
     @property
     def frame_size(self) -> int:
         """Side in pixels of the frames: latent size x the first stage's downsampling."""
-        return self.image_size * 2 ** (self.first_stage_model.encoder.num_resolutions - 1)
+        return self.image_size * self.first_stage_model.factor
 
     def window_corners(self, batch: dict[str, Any]) -> torch.Tensor | None:
         """(B, 2) mouth-window corners of a batch, or None without ``mouth_window``."""

@@ -118,12 +118,17 @@ class DDPM(pl.LightningModule):
         With ``parameterization: v`` the UNet predicts v and eps = sqrt(abar) v + sqrt(1 - abar)
         z_t. The eps loss of that estimate is abar times the v loss, so with ``snr_gamma`` it
         equals the v loss under Min-SNR's v weights min(SNR, gamma) / (SNR + 1)."""
-        out = self.model(x_noisy, t, cond)
+        out = self.unet_output(x_noisy, t, cond)
         if self.parameterization == "v":
             a = extract_into_tensor(self.sqrt_alphas_cumprod, t, x_noisy.shape)
             s = extract_into_tensor(self.sqrt_one_minus_alphas_cumprod, t, x_noisy.shape)
             out = a * out + s * x_noisy
         return out
+
+    def unet_output(self, x_noisy: torch.Tensor, t: torch.Tensor, cond: Cond) -> torch.Tensor:
+        """What the UNet wrapper predicts (eps or v) for z_t at timesteps t; subclasses may
+        offset it (LatentDiffusion's ``reference_prior``)."""
+        return self.model(x_noisy, t, cond)
 
     def p_losses(
         self,
