@@ -26,6 +26,7 @@ from pathlib import Path
 import torch
 
 from ldm.config import load_config
+from ldm.inference.bank import training_bank
 from ldm.inference.checkpoint import DEFAULT_CONFIG, CheckpointError, load_model
 from ldm.inference.clip import LOOP_MODES
 from ldm.inference.portrait import PortraitJob, render_portrait
@@ -78,7 +79,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     g.add_argument("--reference", choices=REFERENCE_MODES, default="first")
     g.add_argument(
         "--reference-bank",
-        help="with --reference bank: split list of training frames to borrow mouths from",
+        help="with --reference bank: split list of training frames to borrow mouths from "
+        "(default: the model's own, from its config)",
     )
     g.add_argument("--bank-root", default="data/HDTF", help="dataset of the bank's keys")
     g.add_argument("--shared-noise", action="store_true", help="one initial noise for all frames")
@@ -142,8 +144,10 @@ def render_options(args: argparse.Namespace) -> RenderOptions:
 
 def run(args: argparse.Namespace) -> None:
     """Load the model and render in the chosen mode."""
-    opts = render_options(args)
     config = load_config(args.config)
+    if args.reference == "bank" and args.reference_bank is None:  # the model's training frames
+        args.reference_bank, args.bank_root = training_bank(config)
+    opts = render_options(args)
     model = load_model(config, args.ckpt, args.device)
     log.info(
         "sampler %s, %d steps, eta %g, reference %s%s, seed %d",

@@ -105,6 +105,7 @@ def test_bad_uploads_give_readable_messages(studio, tmp_path):
             audio=speech,
         ),
         "wall.png: no face": RenderRequest(image=wall, audio=speech),
+        "no reference bank": RenderRequest(video=video, audio=speech, reference="bank"),
     }
     for message, req in cases.items():
         with pytest.raises(InputError) as err:

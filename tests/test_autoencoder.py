@@ -338,6 +338,11 @@ def test_image_folder_random_crops_are_windows_of_the_frame(tmp_path):
         assert match, "a crop is not a window of the frame"
         corners.add(match[0])
     assert len(corners) > 1  # random positions
+    np.random.seed(1)  # without mouth_crops a crop draws only its corner, as it always did:
+    plain = ImageFolder(root, size=32, crop_size=8)  # the runs of other configs are unchanged
+    drawn = [plain.crop_corner(plain.paths[0], 1.0) for _ in range(5)]
+    np.random.seed(1)
+    assert drawn == [tuple(int(v) for v in np.random.randint(0, 25, size=2)) for _ in range(5)]
 
 
 @pytest.mark.parametrize("norm", ["group", "pixel"])

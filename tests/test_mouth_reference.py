@@ -136,3 +136,26 @@ def test_self_reference_makes_that_fraction_of_items_their_own_reference(tmp_pat
     assert all(never[i]["reference_frame"] != never.keys[i, 1] for i in range(N_FRAMES))
     with pytest.raises(ValueError, match="self_reference"):
         TalkTrain(str(split), self_reference=1.5, **kw)
+
+
+def test_without_a_named_bank_a_model_borrows_from_its_own_training_frames(tmp_path):
+    from omegaconf import OmegaConf
+
+    from ldm.app.studio import model_bank
+    from ldm.inference.bank import training_bank
+
+    data = speaking_dataset(tmp_path)
+    split = tmp_path / "data_train.txt"
+    split.write_text("1_1\n1_2\n")
+    config = OmegaConf.create(
+        {"data": {"params": {"train": {"params": {"split_file": str(split), "root": str(data)}}}}}
+    )
+    assert training_bank(config) == (str(split), str(data))
+    fitted = SimpleNamespace(mouth_model=fitted_predictor(data, range(1, 21)))
+    assert model_bank(fitted, config) == (str(split), str(data))
+    assert model_bank(SimpleNamespace(mouth_model=MouthPredictor()), config) is None  # unfitted
+    assert model_bank(SimpleNamespace(), config) is None  # no mouth predictor: no bank
+    split.unlink()  # the run's data moved away: say what to pass instead
+    with pytest.raises(ValueError, match="--reference-bank SPLIT --bank-root DATASET"):
+        training_bank(config)
+    assert model_bank(fitted, config) is None

@@ -17,10 +17,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from omegaconf import DictConfig
 
 from ldm.config import load_config
 from ldm.data.layout import FPS, SAMPLE_RATE
 from ldm.evaluation.clips import IMAGE_EXTS, ClipFrames, match_sources
+from ldm.inference.bank import training_bank
 from ldm.inference.checkpoint import DEFAULT_CONFIG, CheckpointError, load_model
 from ldm.inference.clip import n_video_frames
 from ldm.inference.portrait import PortraitJob, render_portrait
@@ -106,6 +108,19 @@ def run_config(ckpt: Path) -> list[Path]:
         if saved:
             return [saved[-1]]
     return [Path(p) for p in DEFAULT_CONFIG]
+
+
+def model_bank(model: torch.nn.Module, config: DictConfig) -> tuple[str, str] | None:
+    """(split list, root) of the training frames a model with a fitted mouth predictor borrows
+    mouths from (``--reference bank``), or None: no predictor, or its frames are not here."""
+    predictor = getattr(model, "mouth_model", None)
+    if predictor is None or not bool(predictor.fitted):
+        return None
+    try:
+        return training_bank(config)
+    except ValueError as exc:
+        logger.info("%s", exc)
+        return None
 
 
 def loudest_dbfs(wav: np.ndarray, sr: int = SAMPLE_RATE, window: float = LOUDNESS_WINDOW) -> float:
@@ -202,6 +217,7 @@ class Studio:
         self.settings = settings
         self.model: torch.nn.Module | None = None
         self.ckpt: Path | None = None
+        self.bank: tuple[str, str] | None = None  # the model's training frames, when on disk
         self.status = NO_CHECKPOINT_HELP
         self._lock = threading.Lock()
 
@@ -214,12 +230,14 @@ class Studio:
             return False
         config = s.config or run_config(ckpt)
         try:
-            self.model = load_model(load_config(config), ckpt, s.device)
+            merged = load_config(config)
+            self.model = load_model(merged, ckpt, s.device)
         except (CheckpointError, FileNotFoundError) as exc:
             self.status = f"**The checkpoint cannot be used:** {exc}\n\n" + NO_CHECKPOINT_HELP
             logger.error("%s", exc)
             return False
         self.ckpt = ckpt
+        self.bank = model_bank(self.model, merged)
         names = ", ".join(p.name for p in config)
         self.status = f"Checkpoint `{ckpt}` (config {names}) on {s.device}."
         return True
@@ -245,10 +263,15 @@ class Studio:
         video, image = check_portrait(req)
         speech = req.audio if req.audio is not None else video
         seconds, n_frames = check_speech(speech, self.settings.max_seconds)
+        if req.reference == "bank" and self.bank is None:
+            raise InputError("this model has no reference bank: pick another reference")
+        split, root = self.bank if req.reference == "bank" else (None, "")
         opts = RenderOptions(
             sampler=req.sampler,
             steps=int(req.steps),
             reference=req.reference,
+            reference_bank=split,
+            bank_root=root,
             shared_noise=bool(req.shared_noise),
             batch_size=self.settings.batch_size,
             seed=int(req.seed),

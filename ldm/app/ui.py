@@ -23,7 +23,10 @@ MAX_STEPS = 250
 VIDEO_HEIGHT = 360  # px of the portrait and result players
 CACHE_LIFETIME = (3600, 86400)  # every hour, drop Gradio's cached copies older than a day
 MAX_UPLOAD = "500mb"
-REFERENCE_HELP = "first: the portrait's first frame for every frame; progressive: the previous one"
+REFERENCE_HELP = (
+    "first: the portrait's first frame for every frame; progressive: the previous one; bank: per "
+    "frame, the training frame whose mouth matches the speech (models trained with one)"
+)
 
 
 def steps_for(sampler: str) -> int:
@@ -69,8 +72,10 @@ def run_render(studio: Studio, inputs: tuple, progress: gr.Progress) -> tuple[An
     )
 
 
-def input_column() -> tuple[list[gr.components.Component], gr.Button]:
-    """Portrait tabs, speech box, sampling options and the render button."""
+def input_column(studio: Studio) -> tuple[list[gr.components.Component], gr.Button]:
+    """Portrait tabs, speech box, sampling options and the render button; a model with a
+    reference bank starts on the demo's settings (bank references, shared noise)."""
+    bank = studio.bank is not None
     with gr.Tabs():
         with gr.Tab("Portrait video"):
             video = gr.Video(
@@ -98,14 +103,15 @@ def input_column() -> tuple[list[gr.components.Component], gr.Button]:
     with gr.Accordion("Sampling", open=True):
         with gr.Row():
             sampler = gr.Radio(list(SAMPLERS), value=APP_SAMPLER, label="Sampler")
+            modes = [*CLIP_REFERENCE_MODES, *(["bank"] if bank else [])]
             reference = gr.Radio(
-                list(CLIP_REFERENCE_MODES), value="first", label="Reference", info=REFERENCE_HELP
+                modes, value="bank" if bank else "first", label="Reference", info=REFERENCE_HELP
             )
         steps = gr.Slider(
             1, MAX_STEPS, value=steps_for(APP_SAMPLER), step=1, label="Steps", elem_id="steps"
         )
         with gr.Row():
-            shared = gr.Checkbox(False, label="Shared noise (one initial noise for all frames)")
+            shared = gr.Checkbox(bank, label="Shared noise (one initial noise for all frames)")
             seed = gr.Number(0, precision=0, label="Seed", elem_id="seed")
     sampler.change(steps_for, sampler, steps)
     video.upload(lambda: None, None, image)  # one portrait at a time
@@ -149,7 +155,7 @@ def build_ui(studio: Studio) -> gr.Blocks:
         gr.Markdown(studio.status, elem_id="status")
         with gr.Row():
             with gr.Column():
-                inputs, button = input_column()
+                inputs, button = input_column(studio)
             with gr.Column():
                 outputs = output_column()
         outputs += evaluation_rows()

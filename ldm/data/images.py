@@ -72,7 +72,8 @@ class ImageFolder(Dataset):
         """(top, left) of a random crop: around the mouth (a ``mouth_crops`` fraction of them)
         or anywhere."""
         last = self.size - self.crop_size
-        if np.random.rand() >= self.mouth_crops:
+        if not self.mouth_crops or np.random.rand() >= self.mouth_crops:  # no draw at 0: the
+            # crops of a run without mouth_crops are those of the versions before it
             y, x = np.random.randint(0, last + 1, size=2)
             return int(y), int(x)
         try:

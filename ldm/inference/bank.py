@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
 from ldm.data.layout import MOUTH, UPPER_FACE_LANDMARKS, format_key
@@ -73,3 +74,17 @@ class ReferenceBank:
         batch["reference_img"] = torch.from_numpy(self.images[idx]).float() / 127.5 - 1.0
         batch["reference_landmarks"] = self.landmarks[idx]
         return idx
+
+
+def training_bank(config: DictConfig) -> tuple[str, str]:
+    """(split list, dataset root) of the frames a model trained on, read from its run config
+    (``data.params.train.params``): the bank ``--reference bank`` uses when none is named.
+    ValueError, saying what to pass instead, when they are not on this machine."""
+    params = OmegaConf.select(config, "data.params.train.params", default=None) or {}
+    split, root = params.get("split_file"), params.get("root")
+    if not split or not root or not Path(split).is_file() or not (Path(root) / "images").is_dir():
+        raise ValueError(
+            f"reference bank: this model's training frames ({split} in {root}, from its config) "
+            "are not on this machine; name them with --reference-bank SPLIT --bank-root DATASET"
+        )
+    return str(split), str(root)
