@@ -22,7 +22,7 @@ from omegaconf import DictConfig
 from ldm.config import load_config
 from ldm.data.layout import FPS, SAMPLE_RATE
 from ldm.evaluation.clips import IMAGE_EXTS, ClipFrames, match_sources
-from ldm.inference.bank import training_bank
+from ldm.inference.bank import has_fitted_mouth, training_bank
 from ldm.inference.checkpoint import DEFAULT_CONFIG, CheckpointError, load_model
 from ldm.inference.clip import n_video_frames
 from ldm.inference.portrait import PortraitJob, render_portrait
@@ -113,8 +113,7 @@ def run_config(ckpt: Path) -> list[Path]:
 def model_bank(model: torch.nn.Module, config: DictConfig) -> tuple[str, str] | None:
     """(split list, root) of the training frames a model with a fitted mouth predictor borrows
     mouths from (``--reference bank``), or None: no predictor, or its frames are not here."""
-    predictor = getattr(model, "mouth_model", None)
-    if predictor is None or not bool(predictor.fitted):
+    if not has_fitted_mouth(model):
         return None
     try:
         return training_bank(config)

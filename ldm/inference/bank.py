@@ -27,11 +27,18 @@ from ldm.data.talk import load_image, read_keys
 logger = logging.getLogger(__name__)
 
 
+def has_fitted_mouth(model: Any) -> bool:
+    """Whether ``model`` has a fitted MouthPredictor, which a reference bank needs."""
+    predictor = getattr(model, "mouth_model", None)
+    return predictor is not None and bool(predictor.fitted)
+
+
 class ReferenceBank:
-    """Frames (N, S, S, 3) uint8, their upper-face landmarks (N, 39, 2) and mouth codes (N, 40)."""
+    """Frames (N, S, S, 3) uint8, their upper-face landmarks (N, 39, 2) and mouth shapes
+    (N, 40: their mouth codes within the predictor's principal shapes)."""
 
     def __init__(self, model: Any, split_file: str | Path, root: str | Path) -> None:
-        if getattr(model, "mouth_model", None) is None or not bool(model.mouth_model.fitted):
+        if not has_fitted_mouth(model):
             raise ValueError(
                 "--reference bank needs a model trained with a fitted MouthPredictor "
                 "(model.params.mouth_config, e.g. configs/latent-diffusion/talking-demo.yaml)"
@@ -49,8 +56,9 @@ class ReferenceBank:
         lms = torch.from_numpy(read_landmarks(root, keys) / np.asarray(scales)[:, None, None])
         self.images = np.stack(images)
         self.landmarks = lms[:, list(UPPER_FACE_LANDMARKS)].float()
-        with torch.no_grad():
-            self.codes = self.predictor.code(lms[:, list(MOUTH)], self.landmarks).cpu()
+        with torch.no_grad():  # the shapes within the principal components, once
+            codes = self.predictor.code(lms[:, list(MOUTH)], self.landmarks)
+            self.shapes = self.predictor.project(codes)
         logger.info("reference bank: %d frames from %s", len(keys), split_file)
 
     def pick(self, codes: torch.Tensor) -> np.ndarray:
@@ -59,7 +67,7 @@ class ReferenceBank:
         predicts), in units of the codes' spread over the training frames."""
         p = self.predictor
         with torch.no_grad():
-            diff = (p.project(codes)[:, None] - p.project(self.codes)[None]) / p.code_std
+            diff = (p.project(codes)[:, None] - self.shapes[None]) / p.code_std
         return diff.pow(2).sum(-1).argmin(1).cpu().numpy()
 
     @torch.no_grad()
