@@ -111,6 +111,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         action="store_true",
         help="no sampling: each frame through the first stage only (the model's ceiling)",
     )
+    g.add_argument(
+        "--paste-reference",
+        action="store_true",
+        help="no sampling: the masked region gets the reference's latent (with --reference bank: "
+        "the matched training frame, aligned); a baseline of what the UNet adds",
+    )
     p.add_argument("-v", "--verbose", action="store_true")
     args = p.parse_args(argv)
     portrait = args.video is not None or args.image is not None
@@ -138,6 +144,7 @@ def render_options(args: argparse.Namespace) -> RenderOptions:
         batch_size=args.batch_size,
         seed=args.seed,
         first_stage_only=args.first_stage_only,
+        paste_reference=args.paste_reference,
         progress=sys.stderr.isatty(),
     )
 

@@ -146,28 +146,42 @@ def test_training_drops_the_speech_of_some_samples_for_guidance(demo_model, data
     assert torch.equal(dropped, (cond["mouth_sketch"] == 0).flatten(1).all(-1))
 
 
-def test_first_stage_only_render_is_the_truth_through_the_autoencoder(demo_model, tmp_path):
+def through_autoencoder(model, image: torch.Tensor) -> np.ndarray:
+    """(1, H, W, 3) uint8 of ``image`` (H, W, 3) encoded and decoded by the first stage."""
+    with torch.no_grad():
+        out = model.first_stage_model.decode(model.encode_batch_images(image[None])).clamp(-1, 1)
+    return ((out + 1) * 127.5).round().permute(0, 2, 3, 1).numpy().astype(np.uint8)
+
+
+@pytest.mark.parametrize(
+    "option, known, source",
+    [("first_stage_only", 1.0, "image"), ("paste_reference", 0.0, "reference"),
+     ("paste_reference", 1.0, "image")],
+)  # fmt: skip
+def test_no_sampling_renders_decode_the_frame_or_the_reference(demo_model, option, known, source):
+    """First stage only: the truth through the autoencoder (the ceiling). Paste reference: the
+    frame's latent where it is known, the reference's where it is masked (retrieval baseline)."""
     from ldm.inference.render import Renderer, RenderOptions
 
     _, model, _ = demo_model
     rng = np.random.default_rng(0)
-    image = torch.as_tensor(rng.uniform(-1, 1, (SIZE, SIZE, 3)).astype(np.float32))
+    image, reference = (
+        torch.as_tensor(rng.uniform(-1, 1, (SIZE, SIZE, 3)).astype(np.float32)) for _ in range(2)
+    )
     item = {
         "image": image, "image_mask": image, "landmarks": torch.zeros(39, 2),
         "audio_smooth": torch.zeros(8, 16, 29),
-        "inference_mask": torch.ones(1, SIZE // 4, SIZE // 4),
+        "inference_mask": torch.full((1, SIZE // 4, SIZE // 4), known),
     }  # fmt: skip
-    ceiling = Renderer(model, RenderOptions(first_stage_only=True, progress=False))
-    frames = ceiling.render([item], image.numpy())
-    with torch.no_grad():
-        z = model.encode_batch_images(image[None])
-        expected = model.first_stage_model.decode(z).clamp(-1, 1)
-    expected = ((expected + 1) * 127.5).round().permute(0, 2, 3, 1).numpy().astype(np.uint8)
+    frames = Renderer(model, RenderOptions(progress=False, **{option: True})).render(
+        [item], reference.numpy()
+    )
+    expected = through_autoencoder(model, {"image": image, "reference": reference}[source])
     # the render scales the latent by scale_factor and back: float rounding may move a level
     diff = np.abs(frames.astype(int) - expected)
     assert diff.max() <= 1 and diff.mean() < 0.01
     sampled = Renderer(model, RenderOptions(sampler="dpm", steps=2, progress=False))
-    assert not np.array_equal(sampled.render([item], image.numpy()), frames)
+    assert not np.array_equal(sampled.render([item], reference.numpy()), frames)
 
 
 def test_progress_eta_logs_step_total_and_remaining_time(caplog, monkeypatch):

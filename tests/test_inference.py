@@ -199,6 +199,8 @@ def test_dpm_from_a_start_latent_keeps_it_more_the_later_it_starts(tiny_model):
         RenderOptions(sampler="ddim", strength=0.5)
     with pytest.raises(ValueError, match="strength"):
         RenderOptions(sampler="dpm", strength=0.0)
+    with pytest.raises(ValueError, match="exclude each other"):
+        RenderOptions(first_stage_only=True, paste_reference=True)
 
 
 # --------------------------------------------------------------------------- CLI end to end

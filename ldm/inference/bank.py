@@ -49,7 +49,7 @@ class ReferenceBank:
             raise ValueError(f"reference bank {split_file}: no keys")
         size = model.frame_size
         images, scales = [], []
-        for key in tqdm(keys, desc="reference bank", leave=False):
+        for key in tqdm(keys, desc="reference bank", leave=False, disable=None):  # no bar in logs
             image, scale = load_image(root / "images" / f"{format_key(*key)}.jpg", size)
             images.append(np.round((image + 1.0) * 127.5).astype(np.uint8))
             scales.append(scale)

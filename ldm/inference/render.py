@@ -61,6 +61,8 @@ class RenderOptions:
     # 1 needs a model trained with condition_drop; ldm/models/diffusion/guidance.py)
     first_stage_only: bool = False  # no sampling: decode the frame's own latent (the ceiling a
     # rendered frame cannot pass: the truth through the first stage, pasted back the same way)
+    paste_reference: bool = False  # no sampling: the masked cells get the (aligned) reference's
+    # latent; with reference "bank", a retrieval baseline of what the UNet adds (README)
 
     def __post_init__(self) -> None:
         if self.sampler not in SAMPLERS:
@@ -73,6 +75,8 @@ class RenderOptions:
             raise ValueError(f"strength must be in (0, 1], got {self.strength}")
         if self.strength < 1.0 and self.sampler != "dpm":
             raise ValueError("strength below 1 needs the dpm sampler")
+        if self.first_stage_only and self.paste_reference:
+            raise ValueError("first_stage_only and paste_reference exclude each other")
         if self.guidance < 1.0:
             raise ValueError(f"guidance must be >= 1, got {self.guidance}")
         if self.batch_size < 1:
@@ -149,11 +153,16 @@ class Renderer:
         mask = batch["inference_mask"].to(m.device, torch.float32)  # (B, 1, h, w), 1 = known
         if o.first_stage_only:
             return m.decode_first_stage(x0).clamp(-1.0, 1.0)
+        # the frame where it is known, the reference's latent where it is masked
+        pasted = mask * x0 + (1.0 - mask) * cond["reference_latent"] * (
+            m.scale_factor / m.condition_scale
+        )
+        if o.paste_reference:
+            return m.decode_first_stage(pasted).clamp(-1.0, 1.0)
         corners = m.window_corners(batch)
         kwargs = {"eta": o.eta, "x_T": x_T, "generator": generator}
-        if o.strength < 1.0:  # start from the reference's latent where the frame is masked
-            reference = cond["reference_latent"] * (m.scale_factor / m.condition_scale)
-            kwargs["x_start"] = mask * x0 + (1.0 - mask) * reference
+        if o.strength < 1.0:  # start from the pasted reference, noised
+            kwargs["x_start"] = pasted
         z = m.sample_inpaint(self.sampler, o.steps, cond, x0, mask, corners, **kwargs)
         return m.decode_first_stage(z).clamp(-1.0, 1.0)
 
