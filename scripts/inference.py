@@ -156,15 +156,19 @@ def run(args: argparse.Namespace) -> None:
         args.reference_bank, args.bank_root = training_bank(config)
     opts = render_options(args)
     model = load_model(config, args.ckpt, args.device)
-    log.info(
-        "sampler %s, %d steps, eta %g, reference %s%s, seed %d",
-        opts.sampler,
-        opts.steps,
-        opts.eta,
-        opts.reference,
-        ", shared noise" if opts.shared_noise else "",
-        opts.seed,
-    )
+    if opts.first_stage_only or opts.paste_reference:
+        what = "first stage only" if opts.first_stage_only else f"reference {opts.reference} pasted"
+        log.info("no sampling: %s", what)
+    else:
+        log.info(
+            "sampler %s, %d steps, eta %g, reference %s%s, seed %d",
+            opts.sampler,
+            opts.steps,
+            opts.eta,
+            opts.reference,
+            ", shared noise" if opts.shared_noise else "",
+            opts.seed,
+        )
     if args.split is not None:
         job = SplitJob(
             split=args.split,
