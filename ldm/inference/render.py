@@ -153,18 +153,21 @@ class Renderer:
         mask = batch["inference_mask"].to(m.device, torch.float32)  # (B, 1, h, w), 1 = known
         if o.first_stage_only:
             return m.decode_first_stage(x0).clamp(-1.0, 1.0)
-        # the frame where it is known, the reference's latent where it is masked
-        pasted = mask * x0 + (1.0 - mask) * cond["reference_latent"] * (
-            m.scale_factor / m.condition_scale
-        )
         if o.paste_reference:
-            return m.decode_first_stage(pasted).clamp(-1.0, 1.0)
+            return m.decode_first_stage(self.pasted(cond, x0, mask)).clamp(-1.0, 1.0)
         corners = m.window_corners(batch)
         kwargs = {"eta": o.eta, "x_T": x_T, "generator": generator}
         if o.strength < 1.0:  # start from the pasted reference, noised
-            kwargs["x_start"] = pasted
+            kwargs["x_start"] = self.pasted(cond, x0, mask)
         z = m.sample_inpaint(self.sampler, o.steps, cond, x0, mask, corners, **kwargs)
         return m.decode_first_stage(z).clamp(-1.0, 1.0)
+
+    def pasted(self, cond: dict, x0: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Scaled latent: the frame's ``x0`` where ``mask`` is 1 (known), the condition's
+        (aligned) reference latent, brought to the sampling scale, where it is masked."""
+        m = self.model
+        reference = cond["reference_latent"] * (m.scale_factor / m.condition_scale)
+        return mask * x0 + (1.0 - mask) * reference
 
     def initial_noise(self, index: int) -> torch.Tensor:
         """(1, C, h, w) x_T of frame ``index`` (of every frame with shared_noise)."""
