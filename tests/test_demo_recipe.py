@@ -1,13 +1,11 @@
 """The demo recipe's pieces: KL first stage swapped in by config, scale_by_std, first-stage-only
-rendering, footage splitting, the step budget and the ETA log."""
+rendering, footage splitting and the step budget."""
 
 from __future__ import annotations
 
-import logging
 import subprocess
 import sys
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -182,38 +180,6 @@ def test_no_sampling_renders_decode_the_frame_or_the_reference(demo_model, optio
     assert diff.max() <= 1 and diff.mean() < 0.01
     sampled = Renderer(model, RenderOptions(sampler="dpm", steps=2, progress=False))
     assert not np.array_equal(sampled.render([item], reference.numpy()), frames)
-
-
-def test_progress_eta_logs_step_total_and_remaining_time(caplog, monkeypatch):
-    from ldm import callbacks
-
-    clock = iter([100.0, 110.0])  # start, then 10 s later
-    monkeypatch.setattr(callbacks.time, "perf_counter", lambda: next(clock))
-    trainer = SimpleNamespace(global_step=0, max_steps=100, is_global_zero=True)
-    eta = callbacks.ProgressETA(every_n_steps=50, name="talking")
-    eta.on_train_start(trainer, None)
-    trainer.global_step = 50
-    with caplog.at_level(logging.INFO, logger="ldm.callbacks"):
-        eta.on_train_batch_end(trainer, None, None, None, 0)
-    assert "[talking] step 50/100 (50%), 0.20 s/step, ETA 0:10 min" in caplog.text
-
-
-def test_progress_eta_is_the_time_budget_when_that_ends_first(caplog, monkeypatch):
-    from lightning.pytorch.callbacks import Timer
-
-    from ldm import callbacks
-
-    clock = iter([100.0, 110.0])
-    monkeypatch.setattr(callbacks.time, "perf_counter", lambda: next(clock))
-    timer = Timer(duration="00:00:10:00")
-    monkeypatch.setattr(timer, "time_remaining", lambda stage="train": 30.0)
-    trainer = SimpleNamespace(global_step=0, max_steps=1000, is_global_zero=True, callbacks=[timer])
-    eta = callbacks.ProgressETA(every_n_steps=50, name="first_stage")
-    eta.on_train_start(trainer, None)
-    trainer.global_step = 50
-    with caplog.at_level(logging.INFO, logger="ldm.callbacks"):
-        eta.on_train_batch_end(trainer, None, None, None, 0)  # 950 steps x 0.2 s = 190 s
-    assert "step 50/1000 (5%), 0.20 s/step, ETA 0:30 min" in caplog.text
 
 
 def test_budget_follows_the_training_frames_and_the_configs_batch_sizes():
