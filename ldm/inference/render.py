@@ -141,6 +141,9 @@ class Renderer:
     ) -> torch.Tensor:
         """Inpaint the masked latent region of a batch; returns decoded images (B, 3, H, W)."""
         m, o = self.model, self.opts
+        x0 = m.scale_factor * m.encode_batch_images(batch["image"])  # (B, C, h, w)
+        if o.first_stage_only:  # needs no conditioning: no reference is picked or encoded
+            return m.decode_first_stage(x0).clamp(-1.0, 1.0)
         # per-frame references: the bank's, or pose-aligned ones (progressive keeps the previous
         # frame as it is)
         if self.bank is not None:
@@ -149,10 +152,7 @@ class Renderer:
             m.align_reference and o.reference == "first" and "reference_img" in batch
         )
         cond = m.get_learned_conditioning(batch, None if per_frame else reference_latent)
-        x0 = m.scale_factor * m.encode_batch_images(batch["image"])  # (B, C, h, w)
         mask = batch["inference_mask"].to(m.device, torch.float32)  # (B, 1, h, w), 1 = known
-        if o.first_stage_only:
-            return m.decode_first_stage(x0).clamp(-1.0, 1.0)
         if o.paste_reference:
             return m.decode_first_stage(self.pasted(cond, x0, mask)).clamp(-1.0, 1.0)
         corners = m.window_corners(batch)
