@@ -199,6 +199,22 @@ def test_mouth_sharpness_truth_blur_and_noise(clip, request, landmarker):
     assert per["hf_mouth"].shape == (N_SHORT,) and (per["hf_mouth_truth"] > 0).all()
 
 
+@pytest.mark.parametrize("clip", ["synth", "real"])
+def test_mouth_gmsd_penalises_blur_and_grain_alike(clip, request, landmarker):
+    """GMSD is 0 for the truth and rises with blur, more blur rising more; grain, which the
+    sharpness ratio scores above the truth's, raises it too."""
+    gt, gt_lms = _short(clip, request)
+    extra = [
+        ("blur1", "blur sigma 1", blur(gt, 1.0)),
+        ("blur3", "blur sigma 3", blur(gt, 3.0)),
+        ("grainy", "grainy copy", _grain(gt)),
+    ]
+    rows = _rows(evaluate_clip(gt, gt, Scorers(landmarker), gt_lms=gt_lms, extra_rows=extra))
+    assert rows["prediction"]["gmsd_mouth"] == 0.0
+    assert 0.0 < rows["blur1"]["gmsd_mouth"] < rows["blur3"]["gmsd_mouth"]
+    assert rows["grainy"]["sharpness_mouth"] > 1.05 and rows["grainy"]["gmsd_mouth"] > 0.02
+
+
 def test_sharpness_exposes_a_smeared_mouth_that_psnr_rewards(real, real_lms, landmarker):
     """A lip blur beats both baselines on mouth PSNR, yet its sharpness is well below 1 and below
     the shifted truth's (real frames, wrong timing). Copy-reference is not compared: its

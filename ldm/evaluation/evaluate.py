@@ -192,7 +192,7 @@ def _pooled(per: dict[str, np.ndarray]) -> dict[str, float]:
     band energies (candidate / truth), other metrics as means over frames."""
     out = {"psnr": pooled_psnr(per["mse"]), "psnr_mouth": pooled_psnr(per["mse_mouth"])}
     out["sharpness_mouth"] = sharpness_ratio(per["hf_mouth"], per["hf_mouth_truth"])
-    for key in ("ssim", "ssim_mouth", "lmd", "lmd_iod", "lpips"):
+    for key in ("ssim", "ssim_mouth", "gmsd_mouth", "lmd", "lmd_iod", "lpips"):
         v = per.get(key)
         ok = v is not None and np.isfinite(v).any()
         out[key] = float(np.nanmean(v)) if ok else float("nan")

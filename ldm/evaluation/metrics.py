@@ -1,4 +1,4 @@
-"""Image metrics on uint8 RGB frames: PSNR, SSIM, band-pass sharpness, and the lower-face
+"""Image metrics on uint8 RGB frames: PSNR, SSIM, band-pass sharpness, GMSD, and the lower-face
 (mouth) region they use."""
 
 from __future__ import annotations
@@ -20,6 +20,8 @@ REGION_MARGIN = 0.1  # box growth on each side, as a fraction of the box width/h
 # sharpness band-pass: GaussianBlur(sigma 1) - GaussianBlur(sigma 3) of the luma (detail of ~2-6 px)
 SHARP_SIGMA_FINE, SHARP_SIGMA_COARSE = 1.0, 3.0
 LUMA_WEIGHTS = np.array([0.299, 0.587, 0.114])  # ITU-R BT.601 luma of RGB
+GMSD_C = 170.0  # GMSD's stability constant for 8-bit luma and Prewitt/3 gradients (Xue et al.)
+PREWITT_X = np.array([[1.0, 0.0, -1.0]] * 3) / 3.0  # horizontal gradient; its transpose: vertical
 
 
 def mse(pred: np.ndarray, gt: np.ndarray) -> float:
@@ -95,6 +97,26 @@ def band_energy(img: np.ndarray) -> float:
     return float(np.mean(band * band))
 
 
+def gradient_magnitude(y: np.ndarray) -> np.ndarray:
+    """(H, W) Prewitt gradient magnitude of a float luma map (replicated borders)."""
+    gx = cv2.filter2D(y, -1, PREWITT_X, borderType=cv2.BORDER_REPLICATE)
+    gy = cv2.filter2D(y, -1, PREWITT_X.T, borderType=cv2.BORDER_REPLICATE)
+    return np.sqrt(gx * gx + gy * gy)
+
+
+def gmsd(pred: np.ndarray, gt: np.ndarray) -> float:
+    """Gradient magnitude similarity deviation (Xue et al. 2014) of two same-shape images: the
+    spread over pixels of (2 m_p m_g + c) / (m_p^2 + m_g^2 + c), with m the luma's gradient
+    magnitude. 0 = the same edges everywhere; blur (edges lost) and noise (edges added) both
+    raise it, so detail that is not the truth's cannot buy a better score. NaN if empty."""
+    y_p, y_g = luma(pred), luma(gt)
+    if y_p.size == 0:
+        return float("nan")
+    m_p, m_g = gradient_magnitude(y_p), gradient_magnitude(y_g)
+    gms = (2.0 * m_p * m_g + GMSD_C) / (m_p * m_p + m_g * m_g + GMSD_C)
+    return float(gms.std())
+
+
 def sharpness_ratio(energy: np.ndarray, truth_energy: np.ndarray) -> float:
     """Frame-pooled sharpness: mean candidate band energy / mean truth band energy.
 
@@ -147,10 +169,11 @@ def image_metrics(
     """Per-frame metrics over the whole frame and the lower-face boxes: dict of (T,) arrays,
     from frame pairs read one at a time.
 
-    Keys: mse, ssim, mse_mouth, ssim_mouth, and the mouth band energies (`band_energy`) of the
-    candidate (hf_mouth) and of the truth (hf_mouth_truth); mouth values are NaN without boxes.
+    Keys: mse, ssim, mse_mouth, ssim_mouth, gmsd_mouth, and the mouth band energies
+    (`band_energy`) of the candidate (hf_mouth) and of the truth (hf_mouth_truth); mouth values
+    are NaN without boxes.
     """
-    keys = ("mse", "ssim", "mse_mouth", "ssim_mouth", "hf_mouth", "hf_mouth_truth")
+    keys = ("mse", "ssim", "mse_mouth", "ssim_mouth", "gmsd_mouth", "hf_mouth", "hf_mouth_truth")
     out: dict[str, list[float]] = {k: [] for k in keys}
     for t, (p, g) in enumerate(zip(pred, gt, strict=True)):
         p = np.asarray(p)
@@ -163,6 +186,7 @@ def image_metrics(
         pc, gc = crop(p, boxes[t]), crop(g, boxes[t])
         out["mse_mouth"].append(mse(pc, gc))
         out["ssim_mouth"].append(ssim(pc, gc))
+        out["gmsd_mouth"].append(gmsd(pc, gc))
         out["hf_mouth"].append(band_energy(pc))
         out["hf_mouth_truth"].append(band_energy(gc))
     return {k: np.asarray(v, np.float64) for k, v in out.items()}

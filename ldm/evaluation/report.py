@@ -29,6 +29,7 @@ COLUMNS = (
     ("psnr_mouth", "mouth PSNR ↑", "{:.2f}"),
     ("ssim_mouth", "mouth SSIM ↑", "{:.4f}"),
     ("sharpness_mouth", "mouth sharpness (1 = truth)", "{:.3f}"),
+    ("gmsd_mouth", "mouth GMSD ↓", "{:.4f}"),
     ("lmd", "LMD px ↓", "{:.2f}"),
     ("lmd_iod", "LMD/IOD ↓", "{:.4f}"),
     ("mouth_corr", "mouth-open corr ↑", "{:.3f}"),
@@ -47,6 +48,11 @@ DEFINITIONS = (
     "energy, and the score is the method's mean energy over frames divided by the truth's "
     "(frame-pooled, not a mean of ratios). 1 = as sharp as the truth, < 1 blurrier, > 1 noisier. "
     "PSNR rewards blur (a smeared mouth can out-score the baselines on mouth PSNR); this does not.",
+    "mouth GMSD: in the same box, gradient magnitude similarity deviation (Xue et al. 2014): "
+    "Prewitt gradient magnitudes m of both lumas, the per-pixel similarity (2 m m' + 170) / "
+    "(m^2 + m'^2 + 170), and its standard deviation over the box, averaged over frames. 0 = the "
+    "truth's edges; blur and noise both raise it, so, unlike sharpness, added detail that is not "
+    "the truth's cannot improve it.",
     "LMD: mean distance of the 20 mouth landmarks (48-67) in truth pixels, after a similarity "
     "fit of the prediction's points 17-47 onto the truth's; LMD/IOD divides by the truth's "
     "outer-eye-corner distance.",
