@@ -91,13 +91,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="dpm: start from the reference's mouth noised to this fraction of the schedule "
         "(SDEdit); 1 = from pure noise, the original",
     )
-    g.add_argument(
-        "--guidance",
-        type=float,
-        default=1.0,
-        help="classifier-free guidance on the speech (1 = none, the original; above 1 needs a "
-        "model trained with model.params.condition_drop)",
-    )
     g.add_argument("--batch-size", type=int, default=8)
     g.add_argument("--seed", type=int, default=0)
     g.add_argument(
@@ -140,7 +133,6 @@ def render_options(args: argparse.Namespace) -> RenderOptions:
         bank_root=args.bank_root,
         shared_noise=args.shared_noise,
         strength=args.strength,
-        guidance=args.guidance,
         batch_size=args.batch_size,
         seed=args.seed,
         first_stage_only=args.first_stage_only,

@@ -122,28 +122,6 @@ def test_a_mouth_code_in_the_batch_conditions_the_model_in_place_of_its_audio(de
         assert torch.allclose(given[key], value) and not torch.allclose(other[key], value)
 
 
-def test_training_drops_the_speech_of_some_samples_for_guidance(demo_model, data):  # noqa: F811
-    from torch.utils.data import default_collate
-
-    from ldm.data.talk import TalkTrain
-
-    _, model, _ = demo_model
-    ds = TalkTrain(split_file=str(data / "data_train.txt"), root=str(data / "HDTF"), size=SIZE)
-    batch = default_collate([ds[i % len(ds)] for i in range(16)])
-    recipe = model.condition_drop  # 0: guidance was measured, not kept (README)
-    model.train()
-    try:
-        torch.manual_seed(0)
-        model.condition_drop = 0.5
-        _, cond, _ = model.get_input(batch)
-    finally:
-        model.condition_drop = recipe
-        model.eval()
-    dropped = (cond["audio_feature"] == 0).all(-1)
-    assert 0 < int(dropped.sum()) < 16  # some samples without the speech, not all
-    assert torch.equal(dropped, (cond["mouth_sketch"] == 0).flatten(1).all(-1))
-
-
 def through_autoencoder(model, image: torch.Tensor) -> np.ndarray:
     """(1, H, W, 3) uint8 of ``image`` (H, W, 3) encoded and decoded by the first stage."""
     with torch.no_grad():

@@ -19,7 +19,6 @@ from torch.utils.data import default_collate
 from ldm.inference.bank import ReferenceBank
 from ldm.models.diffusion.ddim import DDIMSampler, make_ddim_timesteps, randn
 from ldm.models.diffusion.dpm_solver import DPMSolverSampler, ddim_start
-from ldm.models.diffusion.guidance import GuidedModel
 
 logger = logging.getLogger(__name__)
 
@@ -57,8 +56,6 @@ class RenderOptions:
     strength: float = 1.0  # 1: sample from pure noise (the original); below 1 (dpm only): start
     # from the aligned reference's latent in the masked region, noised to that fraction of the
     # schedule (SDEdit); a probe of how much of a real mouth the denoiser keeps (README)
-    guidance: float = 1.0  # classifier-free guidance on the speech (1: none, the original; above
-    # 1 needs a model trained with condition_drop; ldm/models/diffusion/guidance.py)
     first_stage_only: bool = False  # no sampling: decode the frame's own latent (the ceiling a
     # rendered frame cannot pass: the truth through the first stage, pasted back the same way)
     paste_reference: bool = False  # no sampling: the masked cells get the (aligned) reference's
@@ -77,8 +74,6 @@ class RenderOptions:
             raise ValueError("strength below 1 needs the dpm sampler")
         if self.first_stage_only and self.paste_reference:
             raise ValueError("first_stage_only and paste_reference exclude each other")
-        if self.guidance < 1.0:
-            raise ValueError(f"guidance must be >= 1, got {self.guidance}")
         if self.batch_size < 1:
             raise ValueError(f"batch size must be >= 1, got {self.batch_size}")
         if self.steps is None:
@@ -92,13 +87,11 @@ def prepare_model(model: torch.nn.Module) -> torch.nn.Module:
 
 
 def make_sampler(
-    model: torch.nn.Module, name: str, steps: int, strength: float = 1.0, guidance: float = 1.0
+    model: torch.nn.Module, name: str, steps: int, strength: float = 1.0
 ) -> DDIMSampler | DPMSolverSampler:
     """DDIMSampler or DPMSolverSampler for ``model`` (DPM starting at ``strength`` of the
-    schedule, both guided at ``guidance`` if above 1); checks the step count up front."""
+    schedule); checks the step count up front."""
     make_ddim_timesteps(steps, model.num_timesteps)  # raises on a count out of range
-    if guidance != 1.0:
-        model = GuidedModel(model, guidance)
     if name == "ddim":
         return DDIMSampler(model)
     t_start = max(round(strength * ddim_start(model.num_timesteps)), steps)
@@ -117,7 +110,7 @@ class Renderer:
     def __init__(self, model: torch.nn.Module, opts: RenderOptions) -> None:
         self.model = prepare_model(model)
         self.opts = opts
-        self.sampler = make_sampler(model, opts.sampler, opts.steps, opts.strength, opts.guidance)
+        self.sampler = make_sampler(model, opts.sampler, opts.steps, opts.strength)
         self.bank = None
         if opts.reference == "bank":
             self.bank = ReferenceBank(self.model, opts.reference_bank, opts.bank_root)

@@ -12,7 +12,6 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
-from ldm.models.diffusion import augment, guidance
 from ldm.models.diffusion import mouth_window as mw
 from ldm.models.diffusion.gaussian import DDPM
 from ldm.models.diffusion.image_logging import log_talking_images
@@ -56,13 +55,9 @@ class LatentDiffusion(DDPM):
         match_reference_colours: bool = False,  # and map its colours onto the target's face
         mouth_window: int | None = None,  # UNet on a W x W latent window at the mouth (None:
         # the whole latent, as the original; ldm/models/diffusion/mouth_window.py)
-        window_jitter: int = 0,  # training augmentations (ldm/models/diffusion/augment.py):
-        appearance_jitter: float = 0.0,  # window moves / colour changes; 0 = off (original)
         mouth_config: Any = None,  # MouthPredictor: mouth landmarks from the audio join the
         # landmark condition (None: upper face only, as the original; ldm/modules/encoders/mouth.py)
         mouth_sketch: bool = False,  # and, as heatmaps, join the UNet's input (needs mouth_config)
-        condition_drop: float = 0.0,  # train without the speech this often, for guidance
-        # (0: never, as the original; ldm/models/diffusion/guidance.py)
         reference_prior: bool = False,  # v relative to the aligned reference, so the
         # untrained UNet copies it where noise hides the frame (False: the original's plain v/eps)
         ckpt_path: str | None = None,
@@ -85,8 +80,6 @@ class LatentDiffusion(DDPM):
                 f"{self.image_size} (model.params.image_size)"
             )
         self.mouth_window = mouth_window
-        self.window_jitter = window_jitter
-        self.appearance_jitter = appearance_jitter
         self.align_reference = align_reference
         if match_reference_colours and not align_reference:
             raise ValueError("model.params.match_reference_colours needs align_reference")
@@ -100,9 +93,6 @@ class LatentDiffusion(DDPM):
         if mouth_sketch and self.mouth_model is None:
             raise ValueError("model.params.mouth_sketch needs model.params.mouth_config")
         self.mouth_sketch = mouth_sketch
-        if not 0.0 <= condition_drop < 1.0:
-            raise ValueError(f"model.params.condition_drop must be in [0, 1), got {condition_drop}")
-        self.condition_drop = condition_drop
         if reference_prior and self.parameterization != "v":
             raise ValueError("model.params.reference_prior needs parameterization: v")
         self.reference_prior = reference_prior
@@ -291,18 +281,10 @@ class LatentDiffusion(DDPM):
             )  # (B, 1, h, w): 1 where the frame is masked
             weight = 1.0 + (self.mask_loss_weight - 1.0) * region
         cond = self.get_learned_conditioning(batch)
-        if self.training and self.appearance_jitter:
-            if not self.scale_condition_latents:
-                raise ValueError("model.params.appearance_jitter needs scale_condition_latents")
-            z, cond = augment.jitter_appearance(z, cond, self.appearance_jitter)
-        if self.training and self.condition_drop:
-            cond = guidance.drop_speech(cond, self.condition_drop)
         corners = self.window_corners(batch)
         if corners is None:
             return z, cond, weight
         w = self.mouth_window
-        if self.training and self.window_jitter:
-            corners = augment.jitter_corners(corners, self.window_jitter, self.image_size - w)
         weight = None if weight is None else mw.crop(weight, corners, w)
         return mw.crop(z, corners, w), mw.crop_condition(cond, corners, w), weight
 
