@@ -84,13 +84,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     g.add_argument("--bank-root", default="data/HDTF", help="dataset of the bank's keys")
     g.add_argument("--shared-noise", action="store_true", help="one initial noise for all frames")
-    g.add_argument(
-        "--strength",
-        type=float,
-        default=1.0,
-        help="dpm: start from the reference's mouth noised to this fraction of the schedule "
-        "(SDEdit); 1 = from pure noise, the original",
-    )
     g.add_argument("--batch-size", type=int, default=8)
     g.add_argument("--seed", type=int, default=0)
     g.add_argument(
@@ -103,12 +96,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--first-stage-only",
         action="store_true",
         help="no sampling: each frame through the first stage only (the model's ceiling)",
-    )
-    g.add_argument(
-        "--paste-reference",
-        action="store_true",
-        help="no sampling: the masked region gets the reference's latent (with --reference bank: "
-        "the matched training frame, aligned); a baseline of what the UNet adds",
     )
     p.add_argument("-v", "--verbose", action="store_true")
     args = p.parse_args(argv)
@@ -132,11 +119,9 @@ def render_options(args: argparse.Namespace) -> RenderOptions:
         reference_bank=args.reference_bank,
         bank_root=args.bank_root,
         shared_noise=args.shared_noise,
-        strength=args.strength,
         batch_size=args.batch_size,
         seed=args.seed,
         first_stage_only=args.first_stage_only,
-        paste_reference=args.paste_reference,
         progress=sys.stderr.isatty(),
     )
 
@@ -148,9 +133,8 @@ def run(args: argparse.Namespace) -> None:
         args.reference_bank, args.bank_root = training_bank(config)
     opts = render_options(args)
     model = load_model(config, args.ckpt, args.device)
-    if opts.first_stage_only or opts.paste_reference:
-        what = "first stage only" if opts.first_stage_only else f"reference {opts.reference} pasted"
-        log.info("no sampling: %s", what)
+    if opts.first_stage_only:
+        log.info("no sampling: first stage only")
     else:
         log.info(
             "sampler %s, %d steps, eta %g, reference %s%s, seed %d",

@@ -25,11 +25,11 @@ SHARED_DATA = SHARED / "data"
 torch.set_num_threads(min(2, torch.get_num_threads()))
 
 
-def load_script(name: str):
-    """``scripts/{name}.py`` as a module (scripts/ is not a package)."""
+def load_script(name: str, folder: str = "scripts"):
+    """``{folder}/{name}.py`` as a module (scripts/ and benchmarks/ are not packages)."""
     import importlib.util
 
-    spec = importlib.util.spec_from_file_location(f"{name}_cli", ROOT / "scripts" / f"{name}.py")
+    spec = importlib.util.spec_from_file_location(f"{name}_cli", ROOT / folder / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module

@@ -28,7 +28,7 @@ from ldm.demo.steps import expand_videos, split_footage
 from ldm.inference.checkpoint import load_model
 from ldm.video import VideoError, write_video
 
-from conftest import ROOT
+from conftest import ROOT, load_script
 
 SMALL = ROOT / "configs/latent-diffusion/talking-small.yaml"
 DEMO = ROOT / "configs/latent-diffusion/talking-demo.yaml"
@@ -130,13 +130,13 @@ def through_autoencoder(model, image: torch.Tensor) -> np.ndarray:
 
 
 @pytest.mark.parametrize(
-    "option, known, source",
-    [("first_stage_only", 1.0, "image"), ("paste_reference", 0.0, "reference"),
-     ("paste_reference", 1.0, "image")],
+    "renderer, known, source",
+    [("first_stage_only", 1.0, "image"), ("bank_paste", 0.0, "reference"),
+     ("bank_paste", 1.0, "image")],
 )  # fmt: skip
-def test_no_sampling_renders_decode_the_frame_or_the_reference(demo_model, option, known, source):
-    """First stage only: the truth through the autoencoder (the ceiling). Paste reference: the
-    frame's latent where it is known, the reference's where it is masked (retrieval baseline)."""
+def test_no_sampling_renders_decode_the_frame_or_the_reference(demo_model, renderer, known, source):
+    """First stage only: the truth through the autoencoder (the ceiling). The bank-paste
+    benchmark: the frame's latent where it is known, the reference's where it is masked."""
     from ldm.inference.render import Renderer, RenderOptions
 
     _, model, _ = demo_model
@@ -149,9 +149,12 @@ def test_no_sampling_renders_decode_the_frame_or_the_reference(demo_model, optio
         "audio_smooth": torch.zeros(8, 16, 29),
         "inference_mask": torch.full((1, SIZE // 4, SIZE // 4), known),
     }  # fmt: skip
-    frames = Renderer(model, RenderOptions(progress=False, **{option: True})).render(
-        [item], reference.numpy()
-    )
+    if renderer == "first_stage_only":
+        render = Renderer(model, RenderOptions(progress=False, first_stage_only=True))
+    else:
+        bank_paste = load_script("bank_paste", "benchmarks")
+        render = bank_paste.BankPaste(model, RenderOptions(progress=False))
+    frames = render.render([item], reference.numpy())
     expected = through_autoencoder(model, {"image": image, "reference": reference}[source])
     # the render scales the latent by scale_factor and back: float rounding may move a level
     diff = np.abs(frames.astype(int) - expected)
@@ -199,8 +202,6 @@ def test_trainings_that_log_progress_turn_the_bar_off(tmp_path, commands):
 
 
 def test_real_clips_train_under_a_time_limit_unless_told_not_to():
-    from conftest import load_script
-
     demo = load_script("demo")
     assert demo.demo_budget(sample=False, quick=False, no_time_limit=False) is FULL
     free = demo.demo_budget(sample=False, quick=False, no_time_limit=True)

@@ -154,55 +154,6 @@ def test_dpm_inpainting_keeps_the_known_region(tiny_model):
     assert known < 0.5 * (out - x0)[..., SIZE // 8 :, :].abs().mean()
 
 
-def test_renderer_starts_from_the_reference_in_the_masked_region(tiny, tiny_model):
-    items = inference_items(tiny)
-    reference = items[0]["reference_img"]
-    renderer = Renderer(tiny_model, RenderOptions(sampler="dpm", steps=3, strength=0.3))
-    seen = {}
-    sample = renderer.sampler.sample
-
-    def spy(steps, cond, shape, **kwargs):
-        seen.update(kwargs, cond=cond)
-        return sample(steps, cond, shape, **kwargs)
-
-    renderer.sampler.sample = spy
-    renderer.render([items[0]], reference)
-    assert renderer.sampler.t_start == round(0.3 * 996)
-    x0, mask, start = seen["x0"], seen["mask"], seen["x_start"]
-    ref = seen["cond"]["reference_latent"] * (tiny_model.scale_factor / tiny_model.condition_scale)
-    assert 0 < mask.mean() < 1
-    torch.testing.assert_close(start * mask, x0 * mask)
-    torch.testing.assert_close(start * (1 - mask), ref * (1 - mask))
-
-
-def test_dpm_from_a_start_latent_keeps_it_more_the_later_it_starts(tiny_model):
-    shape = (2, 3, SIZE // 4, SIZE // 4)
-    start = torch.randn(shape, generator=torch.Generator().manual_seed(1))
-    x_T = torch.randn(shape, generator=torch.Generator().manual_seed(2))
-    cond = {
-        "masked_latent": torch.zeros(shape),
-        "reference_latent": start,
-        "audio_feature": torch.zeros(2, 64),
-        "landmark_feature": torch.zeros(2, 64),
-    }
-    errors = []
-    with tiny_model.ema_scope(), torch.inference_mode():
-        for t_start in (50, 300, 996):
-            out = DPMSolverSampler(tiny_model, t_start=t_start).sample(
-                10, cond, shape, x_T=x_T, x_start=start
-            )
-            errors.append(float((out - start).pow(2).mean()))
-        plain = DPMSolverSampler(tiny_model).sample(10, cond, shape, x_T=x_T)
-    assert errors[0] < 0.1 * errors[2] and errors[0] < errors[1] < errors[2]
-    assert errors[0] < 0.1 * float((plain - start).pow(2).mean())
-    with pytest.raises(ValueError, match="dpm"):
-        RenderOptions(sampler="ddim", strength=0.5)
-    with pytest.raises(ValueError, match="strength"):
-        RenderOptions(sampler="dpm", strength=0.0)
-    with pytest.raises(ValueError, match="exclude each other"):
-        RenderOptions(first_stage_only=True, paste_reference=True)
-
-
 # --------------------------------------------------------------------------- CLI end to end
 
 

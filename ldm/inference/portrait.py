@@ -143,9 +143,13 @@ def load_speech(job: PortraitJob, model: torch.nn.Module) -> SmoothedWindows:
     return audio
 
 
-def render_portrait(model: torch.nn.Module, job: PortraitJob, opts: RenderOptions) -> Path:
+def render_portrait(
+    model: torch.nn.Module, job: PortraitJob, opts: RenderOptions,
+    renderer_class: type[Renderer] = Renderer,
+) -> Path:  # fmt: skip
     """Render ``job.out`` (mp4 with the driving audio) chunk by chunk; returns its path. A run
-    killed before the end resumes from its last finished chunk when started again."""
+    killed before the end resumes from its last finished chunk when started again.
+    ``renderer_class`` makes the frames (a benchmark's baseline: benchmarks/bank_paste.py)."""
     audio = load_speech(job, model)
     n_out, size, out = len(audio), model.frame_size, Path(job.out)
     with tempfile.TemporaryDirectory(prefix="difftalk-portrait-") as tmp:
@@ -163,7 +167,7 @@ def render_portrait(model: torch.nn.Module, job: PortraitJob, opts: RenderOption
         store = ChunkStore([out], chunk_dir(out), signature, FPS, job.chunk_frames)
         frames_dir = None if job.frames_dir is None else Path(job.frames_dir)
         emit = paste_emitter(clip, source, indices, frames_dir)
-        render_chunks(Renderer(model, opts), items, items.reference(), store, emit)
+        render_chunks(renderer_class(model, opts), items, items.reference(), store, emit)
     store.finish([job.audio])
     logger.info("wrote %s (%d frames)", out, n_out)
     return out

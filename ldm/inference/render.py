@@ -19,6 +19,7 @@ from torch.utils.data import default_collate
 from ldm.inference.bank import ReferenceBank
 from ldm.models.diffusion.ddim import DDIMSampler, make_ddim_timesteps, randn
 from ldm.models.diffusion.dpm_solver import DPMSolverSampler, ddim_start
+from ldm.models.diffusion.wrapper import Cond
 
 logger = logging.getLogger(__name__)
 
@@ -53,13 +54,8 @@ class RenderOptions:
     batch_size: int = 8
     seed: int = 0
     progress: bool = True
-    strength: float = 1.0  # 1: sample from pure noise (the original); below 1 (dpm only): start
-    # from the aligned reference's latent in the masked region, noised to that fraction of the
-    # schedule (SDEdit); a probe of how much of a real mouth the denoiser keeps (README)
     first_stage_only: bool = False  # no sampling: decode the frame's own latent (the ceiling a
     # rendered frame cannot pass: the truth through the first stage, pasted back the same way)
-    paste_reference: bool = False  # no sampling: the masked cells get the (aligned) reference's
-    # latent; with reference "bank", a retrieval baseline of what the UNet adds (README)
 
     def __post_init__(self) -> None:
         if self.sampler not in SAMPLERS:
@@ -68,12 +64,6 @@ class RenderOptions:
             raise ValueError(f"unknown reference mode {self.reference!r}; choose {REFERENCE_MODES}")
         if (self.reference == "bank") != (self.reference_bank is not None):
             raise ValueError("reference mode 'bank' and a reference_bank go together")
-        if not 0.0 < self.strength <= 1.0:
-            raise ValueError(f"strength must be in (0, 1], got {self.strength}")
-        if self.strength < 1.0 and self.sampler != "dpm":
-            raise ValueError("strength below 1 needs the dpm sampler")
-        if self.first_stage_only and self.paste_reference:
-            raise ValueError("first_stage_only and paste_reference exclude each other")
         if self.batch_size < 1:
             raise ValueError(f"batch size must be >= 1, got {self.batch_size}")
         if self.steps is None:
@@ -86,16 +76,12 @@ def prepare_model(model: torch.nn.Module) -> torch.nn.Module:
     return model.to(memory_format=torch.channels_last)
 
 
-def make_sampler(
-    model: torch.nn.Module, name: str, steps: int, strength: float = 1.0
-) -> DDIMSampler | DPMSolverSampler:
-    """DDIMSampler or DPMSolverSampler for ``model`` (DPM starting at ``strength`` of the
-    schedule); checks the step count up front."""
+def make_sampler(model: torch.nn.Module, name: str, steps: int) -> DDIMSampler | DPMSolverSampler:
+    """DDIMSampler or DPMSolverSampler for ``model``; checks the step count up front."""
     make_ddim_timesteps(steps, model.num_timesteps)  # raises on a count out of range
     if name == "ddim":
         return DDIMSampler(model)
-    t_start = max(round(strength * ddim_start(model.num_timesteps)), steps)
-    return DPMSolverSampler(model, t_start=t_start)
+    return DPMSolverSampler(model, t_start=max(ddim_start(model.num_timesteps), steps))
 
 
 def to_uint8(images: torch.Tensor) -> np.ndarray:
@@ -110,7 +96,7 @@ class Renderer:
     def __init__(self, model: torch.nn.Module, opts: RenderOptions) -> None:
         self.model = prepare_model(model)
         self.opts = opts
-        self.sampler = make_sampler(model, opts.sampler, opts.steps, opts.strength)
+        self.sampler = make_sampler(model, opts.sampler, opts.steps)
         self.bank = None
         if opts.reference == "bank":
             self.bank = ReferenceBank(self.model, opts.reference_bank, opts.bank_root)
@@ -146,21 +132,19 @@ class Renderer:
         )
         cond = m.get_learned_conditioning(batch, None if per_frame else reference_latent)
         mask = batch["inference_mask"].to(m.device, torch.float32)  # (B, 1, h, w), 1 = known
-        if o.paste_reference:
-            return m.decode_first_stage(self.pasted(cond, x0, mask)).clamp(-1.0, 1.0)
-        corners = m.window_corners(batch)
-        kwargs = {"eta": o.eta, "x_T": x_T, "generator": generator}
-        if o.strength < 1.0:  # start from the pasted reference, noised
-            kwargs["x_start"] = self.pasted(cond, x0, mask)
-        z = m.sample_inpaint(self.sampler, o.steps, cond, x0, mask, corners, **kwargs)
+        z = self.inpaint(batch, cond, x0, mask, x_T, generator)
         return m.decode_first_stage(z).clamp(-1.0, 1.0)
 
-    def pasted(self, cond: dict, x0: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """Scaled latent: the frame's ``x0`` where ``mask`` is 1 (known), the condition's
-        (aligned) reference latent, brought to the sampling scale, where it is masked."""
-        m = self.model
-        reference = cond["reference_latent"] * (m.scale_factor / m.condition_scale)
-        return mask * x0 + (1.0 - mask) * reference
+    def inpaint(
+        self, batch: dict[str, Any], cond: Cond, x0: torch.Tensor, mask: torch.Tensor,
+        x_T: torch.Tensor, generator: torch.Generator,
+    ) -> torch.Tensor:  # fmt: skip
+        """Scaled latent (B, C, h, w): the cells of ``x0`` where ``mask`` is 0 sampled anew."""
+        m, o = self.model, self.opts
+        corners = m.window_corners(batch)
+        return m.sample_inpaint(
+            self.sampler, o.steps, cond, x0, mask, corners, eta=o.eta, x_T=x_T, generator=generator
+        )
 
     def initial_noise(self, index: int) -> torch.Tensor:
         """(1, C, h, w) x_T of frame ``index`` (of every frame with shared_noise)."""

@@ -98,20 +98,15 @@ class DPMSolverSampler:
         mask: torch.Tensor | None = None,
         generator: torch.Generator | None = None,
         progress: bool = False,
-        x_start: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Sample latents of ``shape`` (B, C, h, w) in ``steps`` model evaluations.
 
         With ``x0`` and ``mask`` (B, 1, h, w; 1 = known), the known region is replaced by the
-        noised x0 at the current noise level before every step, as DDIMSampler does. With
-        ``x_start`` (B, C, h, w) the run starts from it noised to ``t_start`` (SDEdit) instead of
-        from pure noise (then x_T is that noise).
+        noised x0 at the current noise level before every step, as DDIMSampler does.
         """
         self.make_schedule(steps)
         dev = self.model.device
         x = randn(shape, generator, dev) if x_T is None else x_T.to(dev)
-        if x_start is not None:
-            x = float(self.alpha[0]) * x_start.to(dev) + float(self.sigma[0]) * x
         d_prev, h_prev = None, None
         n = len(self.timesteps) - 1
         for i in tqdm(range(n), disable=not progress, desc="DPM-Solver++"):

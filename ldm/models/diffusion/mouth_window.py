@@ -76,7 +76,5 @@ def sample_inpaint(
         logger.warning("%d masked latent cells lie outside the mouth windows", outside)
     x0_w, known_w = crop(x0, corners, window), crop(known, corners, window)
     cond_w = crop_condition(cond, corners, window)
-    if kwargs.get("x_start") is not None:
-        kwargs["x_start"] = crop(kwargs["x_start"], corners, window)
     z = sampler.sample(steps, cond_w, tuple(x0_w.shape), x0=x0_w, mask=known_w, **kwargs)
     return paste(x0, z, corners)
