@@ -117,22 +117,13 @@ def test_jaw_mask_rounds_as_the_original(size):
         np.testing.assert_array_equal(jaw_latent_mask(lms, size, 64), expected)
 
 
-def test_threshold_rounding_regenerates_more_cells():
-    lms = face_template(256)
-    original = jaw_latent_mask(lms, 256, 64)
-    threshold = jaw_latent_mask(lms, 256, 64, rounding="threshold")
-    assert 0 < original.sum() - threshold.sum() <= 14
-
-
-def test_dataset_mask_rounding_option(tiny_dataset):
+def test_the_dataset_masks_each_frame_by_its_own_landmarks(tiny_dataset):
     split = str(tiny_dataset.parent / "data_test.txt")
     lms = np.loadtxt(tiny_dataset / "landmarks" / "2_1.lms", dtype=np.float32)
-    for rounding in ("original", "threshold"):
-        item = TalkInference(split_file=split, root=str(tiny_dataset), mask_rounding=rounding)[0]
-        expected = jaw_latent_mask(lms, 64, 64, rounding)  # 64 px frames, latent 256 // 4
-        np.testing.assert_array_equal(item["inference_mask"][0], expected)
-    with pytest.raises(ValueError, match="mask rounding"):
-        jaw_latent_mask(lms, 64, 16, rounding="round")
+    item = TalkInference(split_file=split, root=str(tiny_dataset))[0]
+    expected = jaw_latent_mask(lms, 64, 64)  # 64 px frames, latent 256 // 4
+    np.testing.assert_array_equal(item["inference_mask"][0], expected)
+    assert 0 < expected.sum() < expected.size
 
 
 def test_audio_windows_the_model_cannot_read_fail_naming_the_file(tiny_dataset):

@@ -76,28 +76,16 @@ def load_image(path: Path, size: int) -> tuple[np.ndarray, float]:
     return arr / 127.5 - 1.0, width / size
 
 
-MASK_ROUNDINGS = ("original", "threshold")
-
-
-def jaw_latent_mask(
-    landmarks: np.ndarray, orig_size: int, latent_size: int, rounding: str = "original"
-) -> np.ndarray:
+def jaw_latent_mask(landmarks: np.ndarray, orig_size: int, latent_size: int) -> np.ndarray:
     """Inference latent mask (latent_size, latent_size): 0 inside the jaw polygon, 1 = known.
 
-    ``rounding="original"`` resizes the 0/1 uint8 image with PIL bicubic and keeps its values,
-    as the original (two 8-bit passes, each rounding to 0 or 1). ``"threshold"`` (this project's
-    earlier rule) resizes a 0/255 image and keeps the cells above 127, which regenerates a few
-    more boundary cells (6-14 per frame of a 256 px face) instead of keeping them.
+    As the original: the 0/1 uint8 polygon image resized with PIL bicubic, its values kept (two
+    8-bit passes, each rounding to 0 or 1).
     """
-    if rounding not in MASK_ROUNDINGS:
-        raise ValueError(f"mask rounding must be one of {MASK_ROUNDINGS}, got {rounding!r}")
     mask = np.ones((orig_size, orig_size), dtype=np.uint8)
     cv2.fillPoly(mask, [landmarks[list(JAW_POLYGON)].astype(np.int32)], 0)
-    if rounding == "original":
-        small = Image.fromarray(mask).resize((latent_size, latent_size), Image.BICUBIC)
-        return np.asarray(small).astype(np.float32)
-    small = Image.fromarray(mask * 255).resize((latent_size, latent_size), Image.BICUBIC)
-    return (np.asarray(small) > 127).astype(np.float32)
+    small = Image.fromarray(mask).resize((latent_size, latent_size), Image.BICUBIC)
+    return np.asarray(small).astype(np.float32)
 
 
 def frame_item(
@@ -143,7 +131,6 @@ class TalkBase(Dataset):
         audio_id: int
         | None = None,  # drive every id with this id's audio (original inference: 105)
         with_inference_mask: bool = False,
-        mask_rounding: str = "original",  # jaw_latent_mask: "original" or "threshold"
         audio_shape: tuple[int, int, int] = AUDIO_SHAPE,  # (smoothing, window, feature dim)
         # the model reads; the config interpolates it from the model's audio configs
         max_items: int | None = None,  # validation subset
@@ -157,7 +144,6 @@ class TalkBase(Dataset):
         self.reference_frame = reference_frame
         self.audio_id = audio_id
         self.with_inference_mask = with_inference_mask
-        self.mask_rounding = mask_rounding
         if not (self.root / "images").is_dir():
             raise FileNotFoundError(
                 f"data directory {self.root} has no images/ folder; create it with "
@@ -231,9 +217,7 @@ class TalkBase(Dataset):
         }
         if self.with_inference_mask:
             orig = round(scale * self.size)
-            item["inference_mask"] = jaw_latent_mask(
-                lms, orig, self.latent_size, self.mask_rounding
-            )[None]
+            item["inference_mask"] = jaw_latent_mask(lms, orig, self.latent_size)[None]
             item["landmarks_all"] = lms / scale
         return item
 
