@@ -130,7 +130,7 @@ def bench_small(args: argparse.Namespace) -> None:
     else:
         model = prepare_model(train_small(args.train_steps))
     size = model.image_size * 4
-    dim = model.cond_stage_model_for_audio.encoder_conv[0].in_channels
+    dim = model.audio_feature_dim
     items = synthetic_items(args.frames, size, dim, seed=1)
     errors = latent_errors(model, items)
     what = args.ckpt or "small config"

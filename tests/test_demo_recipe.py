@@ -122,6 +122,24 @@ def test_a_mouth_code_in_the_batch_conditions_the_model_in_place_of_its_audio(de
         assert torch.allclose(given[key], value) and not torch.allclose(other[key], value)
 
 
+def test_the_mouth_model_replaces_the_audio_networks_in_model_and_checkpoint(demo_model, tmp_path):
+    from ldm.modules.encoders.modules import AudioAttNet, AudioNet
+
+    run, model, config = demo_model
+    state = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
+    assert any(k.startswith("mouth_model.") for k in state)
+    assert not any(k.startswith("cond_stage_model_for_audio") for k in state)
+    assert model.cond_stage_model_for_audio is None and model.audio_feature_dim == 29
+    # a checkpoint written while such models still carried them (frozen, unused) loads
+    old = dict(state)
+    for name, net in (("cond_stage_model_for_audio", AudioNet(feature_dim=29)),
+                      ("cond_stage_model_for_audio_smooth", AudioAttNet())):  # fmt: skip
+        old |= {f"{name}.{k}": v for k, v in net.state_dict().items()}
+    torch.save({"state_dict": old}, tmp_path / "old.ckpt")
+    loaded = load_model(config, tmp_path / "old.ckpt")
+    assert torch.equal(loaded.mouth_model.weight, model.mouth_model.weight)
+
+
 def through_autoencoder(model, image: torch.Tensor) -> np.ndarray:
     """(1, H, W, 3) uint8 of ``image`` (H, W, 3) encoded and decoded by the first stage."""
     with torch.no_grad():

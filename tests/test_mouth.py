@@ -233,6 +233,18 @@ def test_mouth_sketch_needs_a_mouth_predictor_and_twenty_more_unet_channels():
         mouth_model_and_batch(mouth_sketch=True, mouth_config=None)
 
 
+def test_the_mouth_predictor_takes_the_audio_networks_place_in_the_context_token():
+    model, _ = mouth_model_and_batch(audio_config={"params": {"dim_aud": 16}})  # not built
+    assert model.cond_stage_model_for_audio is None
+    assert model.cond_stage_model_for_audio_smooth is None
+    assert not any(k.startswith("cond_stage_model_for_audio") for k in model.state_dict())
+    with pytest.raises(
+        ValueError,
+        match=r"context_dim = 128, but model\.params\.mouth_config\.params\.dim_out \(32\)",
+    ):
+        mouth_model_and_batch(mouth_config={"params": {"dim_out": 32}})
+
+
 def shrunk_fit(calibrate: float) -> tuple[MouthPredictor, torch.Tensor, torch.Tensor]:
     """A strong ridge on 2 principal shapes of noisy codes (the audio explains them in part);
     returns the predictor and held-out (audio, codes)."""

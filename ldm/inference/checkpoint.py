@@ -32,6 +32,9 @@ SCHEDULE_BUFFERS = (
     "logvar",
 )
 MAX_LISTED_KEYS = 12
+# the original's audio networks, which a model with a MouthPredictor no longer builds; its
+# checkpoints written before that carry them frozen and unused, and load without them
+AUDIO_NETWORKS = ("cond_stage_model_for_audio.", "cond_stage_model_for_audio_smooth.")
 
 
 DEFAULT_CONFIG = (  # the paper model with the original inference dataset merged over it
@@ -110,6 +113,8 @@ def load_model(
     model = instantiate_from_config(config.model)
     check_schedule(model, state_dict, ckpt)
     state_dict = {k: v for k, v in state_dict.items() if k not in SCHEDULE_BUFFERS}
+    if model.mouth_model is not None:
+        state_dict = {k: v for k, v in state_dict.items() if not k.startswith(AUDIO_NETWORKS)}
     is_buffer = "scale_factor" in dict(model.named_buffers())  # scale_by_std models keep it
     stored_scale = None if is_buffer else state_dict.pop("scale_factor", None)  # LDM's buffer
     if stored_scale is not None and float(stored_scale) != float(model.scale_factor):

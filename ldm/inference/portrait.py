@@ -60,11 +60,6 @@ class PortraitJob:
             raise ValueError("give exactly one portrait: a video or an image")
 
 
-def model_audio_dim(model: torch.nn.Module) -> int:
-    """Audio feature dimension D the model's AudioNet expects."""
-    return model.cond_stage_model_for_audio.encoder_conv[0].in_channels
-
-
 def read_photo(path: Path) -> np.ndarray:
     """(H, W, 3) uint8 RGB photo, EXIF rotation applied."""
     try:
@@ -132,12 +127,12 @@ def job_inputs(job: PortraitJob, n_frames: int) -> dict:
 def load_speech(job: PortraitJob, model: torch.nn.Module) -> SmoothedWindows:
     """(n_frames,) lazy (8, 16, D) windows of the driving speech, checked against the model."""
     wav = load_audio(job.audio, SAMPLE_RATE)
-    kind = job.audio_features or kind_for_dim(model_audio_dim(model))
+    kind = job.audio_features or kind_for_dim(model.audio_feature_dim)
     audio = driving_audio(wav, kind, job.audio_model)
-    if audio.dim != model_audio_dim(model):
+    if audio.dim != model.audio_feature_dim:
         raise ValueError(
             f"--audio-features {kind} gives {audio.dim}-d features, but the "
-            f"model was trained on {model_audio_dim(model)}-d ones"
+            f"model was trained on {model.audio_feature_dim}-d ones"
         )
     logger.info("%s: %.2f s of speech -> %d frames", job.audio, len(wav) / SAMPLE_RATE, len(audio))
     return audio

@@ -36,14 +36,15 @@ class LatentDiffusion(DDPM):
 
     Module names (``first_stage_model``, ``cond_stage_model_for_audio``,
     ``cond_stage_model_for_audio_smooth``, ``cond_stage_model_for_ldm``) are the original's
-    checkpoint keys.
+    checkpoint keys. With ``mouth_config`` a ``mouth_model`` takes the two audio networks' place:
+    they are neither built nor saved.
     """
 
     def __init__(
         self,
         first_stage_config: Any,
-        audio_config: Any,  # AudioNet: one window -> 64-d
-        audio_attention_config: Any,  # AudioAttNet: 8 windows -> one 64-d feature
+        audio_config: Any,  # AudioNet: one window -> 64-d (not built with mouth_config)
+        audio_attention_config: Any,  # AudioAttNet: 8 windows -> one 64-d feature (ditto)
         landmark_config: Any,  # LdmNet: 39 landmarks -> 64-d
         scale_factor: float = 1.0,
         scale_condition_latents: bool = False,  # original: masked/reference latents unscaled
@@ -55,8 +56,8 @@ class LatentDiffusion(DDPM):
         match_reference_colours: bool = False,  # and map its colours onto the target's face
         mouth_window: int | None = None,  # UNet on a W x W latent window at the mouth (None:
         # the whole latent, as the original; ldm/models/diffusion/mouth_window.py)
-        mouth_config: Any = None,  # MouthPredictor: mouth landmarks from the audio join the
-        # landmark condition (None: upper face only, as the original; ldm/modules/encoders/mouth.py)
+        mouth_config: Any = None,  # MouthPredictor: the mouth's shape predicted from the audio
+        # replaces the audio feature (None: AudioNet + AudioAttNet, the original; encoders/mouth.py)
         mouth_sketch: bool = False,  # and, as heatmaps, join the UNet's input (needs mouth_config)
         reference_prior: bool = False,  # v relative to the aligned reference, so the
         # untrained UNet copies it where noise hides the frame (False: the original's plain v/eps)
@@ -86,30 +87,44 @@ class LatentDiffusion(DDPM):
         self.match_reference_colours = match_reference_colours
         self.first_stage_model = instantiate_from_config(first_stage_config).eval()
         self.first_stage_model.requires_grad_(False)
-        self.cond_stage_model_for_audio = instantiate_from_config(audio_config)
-        self.cond_stage_model_for_audio_smooth = instantiate_from_config(audio_attention_config)
-        self.cond_stage_model_for_ldm = instantiate_from_config(landmark_config)
-        self.mouth_model = None if mouth_config is None else instantiate_from_config(mouth_config)
+        self.build_encoders(audio_config, audio_attention_config, landmark_config, mouth_config)
         if mouth_sketch and self.mouth_model is None:
             raise ValueError("model.params.mouth_sketch needs model.params.mouth_config")
         self.mouth_sketch = mouth_sketch
         if reference_prior and self.parameterization != "v":
             raise ValueError("model.params.reference_prior needs parameterization: v")
         self.reference_prior = reference_prior
-        if self.mouth_model is not None:  # the audio reaches the UNet through the mouth only
-            self.cond_stage_model_for_audio.requires_grad_(False)
-            self.cond_stage_model_for_audio_smooth.requires_grad_(False)
+        mouth = self.mouth_model is not None
         check_sizes(
             self.model.diffusion_model,
             self.first_stage_model,
-            self.cond_stage_model_for_audio,
-            self.cond_stage_model_for_audio_smooth,
+            self.mouth_model if mouth else self.cond_stage_model_for_audio,
+            None if mouth else self.cond_stage_model_for_audio_smooth,
             self.cond_stage_model_for_ldm,
             channels=self.channels,
             sketch_channels=N_MOUTH if mouth_sketch else 0,
         )
         if ckpt_path is not None:
             self.init_from_ckpt(ckpt_path, ignore_keys)
+
+    def build_encoders(
+        self, audio_config: Any, attention_config: Any, landmark_config: Any, mouth_config: Any
+    ) -> None:
+        """The condition encoders: LdmNet, and AudioNet + AudioAttNet, or with ``mouth_config``
+        the MouthPredictor in their place (the audio reaches the UNet as the mouth's shape)."""
+        mouth = mouth_config is not None
+        self.cond_stage_model_for_audio = None if mouth else instantiate_from_config(audio_config)
+        self.cond_stage_model_for_audio_smooth = (
+            None if mouth else instantiate_from_config(attention_config)
+        )
+        self.cond_stage_model_for_ldm = instantiate_from_config(landmark_config)
+        self.mouth_model = instantiate_from_config(mouth_config) if mouth else None
+
+    @property
+    def audio_feature_dim(self) -> int:
+        """Width D of the audio features (B, 8, 16, D) the model reads."""
+        audio = self.cond_stage_model_for_audio if self.mouth_model is None else self.mouth_model
+        return audio.feature_dim
 
     def init_from_ckpt(self, path: str | Path, ignore_keys: tuple[str, ...] = ()) -> None:
         """Load a DiffTalk checkpoint non-strictly (as ``--resume2`` did), logging what differs."""
@@ -317,14 +332,14 @@ class LatentDiffusion(DDPM):
         return log_talking_images(self, batch, n, ddim_steps)
 
     def trainable_parameters(self) -> list[nn.Parameter]:
-        """UNet plus the three condition encoders (trained jointly, SPEC 4.7)."""
+        """UNet plus the condition encoders (trained jointly, SPEC 4.7)."""
         encoders = (
             self.cond_stage_model_for_audio,
             self.cond_stage_model_for_audio_smooth,
             self.cond_stage_model_for_ldm,
-            *([] if self.mouth_model is None else [self.mouth_model]),
+            self.mouth_model,
         )
-        params = [p for m in encoders for p in m.parameters() if p.requires_grad]
+        params = [p for m in encoders if m is not None for p in m.parameters() if p.requires_grad]
         return super().trainable_parameters() + params
 
 

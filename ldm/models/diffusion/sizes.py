@@ -11,21 +11,24 @@ P = "model.params"
 def size_mismatches(
     unet: nn.Module,  # UNetModel
     first_stage: nn.Module,  # VQModelInterface | AutoencoderKL (embed_dim = latent channels)
-    audio: nn.Module,  # AudioNet
-    audio_attention: nn.Module,  # AudioAttNet
+    audio: nn.Module,  # AudioNet, or the MouthPredictor in its place (model.params.mouth_config)
+    audio_attention: nn.Module | None,  # AudioAttNet (None with a MouthPredictor)
     landmarks: nn.Module,  # LdmNet
     channels: int,  # model.params.channels
     sketch_channels: int = 0,  # model.params.mouth_sketch: 20 mouth heatmaps (else 0)
 ) -> list[str]:
     """Every size of one sub-config that another does not match, named by its config keys."""
     latent = first_stage.embed_dim
-    context = audio.dim_aud + landmarks.dim_out  # one token [audio ‖ landmarks] (SPEC 4.3)
+    if audio_attention is None:  # the mouth code's embedding is the audio feature
+        width, key = audio.dim_out, f"{P}.mouth_config.params.dim_out"
+    else:
+        width, key = audio.dim_aud, f"{P}.audio_config.params.dim_aud"
+    context = width + landmarks.dim_out  # one token [audio ‖ landmarks] (SPEC 4.3)
     checks = [
         (
             unet.context_dim == context,
-            f"{UNET}.context_dim = {unet.context_dim}, but {P}.audio_config.params.dim_aud "
-            f"({audio.dim_aud}) + {P}.landmark_config.params.dim_out ({landmarks.dim_out}) "
-            f"= {context}",
+            f"{UNET}.context_dim = {unet.context_dim}, but {key} ({width}) + "
+            f"{P}.landmark_config.params.dim_out ({landmarks.dim_out}) = {context}",
         ),
         (
             unet.in_channels == 3 * latent + sketch_channels,
@@ -42,16 +45,19 @@ def size_mismatches(
             channels == latent,
             f"{P}.channels = {channels}, but {P}.first_stage_config.params.embed_dim = {latent}",
         ),
-        (
-            audio_attention.dim_aud <= audio.dim_aud,
-            f"{P}.audio_attention_config.params.dim_aud = {audio_attention.dim_aud} exceeds "
-            f"{P}.audio_config.params.dim_aud = {audio.dim_aud} (it reads the first channels)",
-        ),
     ]
+    if audio_attention is not None:
+        checks.append(
+            (
+                audio_attention.dim_aud <= audio.dim_aud,
+                f"{P}.audio_attention_config.params.dim_aud = {audio_attention.dim_aud} exceeds "
+                f"{P}.audio_config.params.dim_aud = {audio.dim_aud} (it reads the first channels)",
+            )
+        )
     return [message for ok, message in checks if not ok]
 
 
-def check_sizes(*modules: nn.Module, channels: int, sketch_channels: int = 0) -> None:
+def check_sizes(*modules: nn.Module | None, channels: int, sketch_channels: int = 0) -> None:
     """Raise one ValueError listing every mismatch of ``size_mismatches``."""
     problems = size_mismatches(*modules, channels=channels, sketch_channels=sketch_channels)
     if problems:

@@ -100,6 +100,7 @@ class MouthPredictor(nn.Module):
         super().__init__()
         if not 0 < components <= 2 * N_MOUTH:
             raise ValueError(f"components must be in 1..{2 * N_MOUTH}, got {components}")
+        self.feature_dim, self.dim_out = feature_dim, dim_out
         self.centre, self.smooth = centre, smooth
         self.ridge = ridge
         self.code_noise = code_noise
