@@ -293,7 +293,8 @@ def test_demo_refuses_silent_or_missing_clips_naming_them(tmp_path):
 def test_similarity_alignment_moves_the_reference_onto_the_target_pose():
     import math
 
-    from ldm.models.diffusion.reference_align import STABLE_POINTS, align_references
+    from ldm.geometry import STABLE_POINTS
+    from ldm.models.diffusion.reference_align import align_references
 
     image = torch.zeros(1, 3, 64, 64)
     image[:, :, 20:30, 30:40] = 1.0  # a bright square centred at (34.5, 24.5)
@@ -312,7 +313,8 @@ def test_similarity_alignment_moves_the_reference_onto_the_target_pose():
 
 def test_colour_matching_maps_another_light_onto_the_target_face():
     from ldm.data.layout import UPPER_FACE_LANDMARKS
-    from ldm.models.diffusion.reference_align import COLOUR_POINTS, match_colours
+    from ldm.geometry import COLOUR_POINTS
+    from ldm.models.diffusion.reference_align import match_colours
 
     from conftest import face_template
 

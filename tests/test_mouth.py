@@ -8,13 +8,8 @@ import pytest
 import torch
 
 from ldm.data.layout import MOUTH, UPPER_FACE_LANDMARKS
-from ldm.modules.encoders.mouth import (
-    MouthPredictor,
-    mouth_code,
-    mouth_heatmaps,
-    mouth_points,
-    shape_template,
-)
+from ldm.geometry import mouth_code, mouth_points, shape_template
+from ldm.modules.encoders.mouth import MouthPredictor, mouth_heatmaps
 
 
 def faces(n: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:

@@ -24,7 +24,7 @@ from ldm.data.layout import (
     read_landmarks_file,
     reference_exclusion,
 )
-from ldm.modules.encoders.mouth import mouth_code, shape_template
+from ldm.geometry import mouth_code, shape_template
 
 logger = logging.getLogger(__name__)
 

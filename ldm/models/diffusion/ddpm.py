@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
+from ldm.geometry import N_MOUTH
 from ldm.models.diffusion import mouth_window as mw
 from ldm.models.diffusion.gaussian import DDPM
 from ldm.models.diffusion.image_logging import log_talking_images
@@ -22,7 +23,7 @@ from ldm.models.diffusion.wrapper import Cond, DiffusionWrapper
 from ldm.modules.diffusionmodules.util import extract_into_tensor
 from ldm.modules.distributions import DiagonalGaussianDistribution
 from ldm.modules.encoders.modules import encode_audio
-from ldm.modules.encoders.mouth import N_MOUTH, fit_on_dataset, mouth_heatmaps
+from ldm.modules.encoders.mouth import fit_on_dataset, mouth_heatmaps
 from ldm.util import instantiate_from_config, load_state_dict_file
 
 logger = logging.getLogger(__name__)

@@ -5,8 +5,8 @@ moved between the two, the reference's mouth sits elsewhere and a small UNet has
 shift before it can borrow teeth and lips from it. With ``align_reference`` the reference image
 is first warped by the similarity transform (scale, rotation, shift) that maps its upper-face
 landmarks onto the target's (eyes and nose: known in both, never the mouth), so the reference's
-lower face lands where the target's will be. Done in torch on the batch, so training and
-rendering share it on any device.
+lower face lands where the target's will be (the fit: ``similarity`` in ldm/geometry.py). Done
+in torch on the batch, so training and rendering share it on any device.
 """
 
 from __future__ import annotations
@@ -14,33 +14,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ldm.data.layout import EYES, NOSE, upper_face_index
-
-# the nose and the eyes within the 39 upper-face landmarks of a batch
-STABLE_POINTS = tuple(upper_face_index(i) for i in (*NOSE, *EYES))
-# the eyes and the nose bridge, down to its tip: above the rows any mask hides (from landmark 30)
-COLOUR_POINTS = tuple(upper_face_index(i) for i in (*NOSE[:4], *EYES))
-
-
-def similarity(src: torch.Tensor, dst: torch.Tensor) -> torch.Tensor:
-    """(B, 2, 3) least-squares similarity transforms mapping src (B, N, 2) onto dst (Umeyama)."""
-    mu_s, mu_d = src.mean(1, keepdim=True), dst.mean(1, keepdim=True)
-    s, d = src - mu_s, dst - mu_d
-    cov = d.transpose(1, 2) @ s / src.shape[1]  # (B, 2, 2)
-    u, sig, vh = torch.linalg.svd(cov)
-    sign = torch.ones_like(sig)
-    sign[:, 1] = torch.sign(torch.linalg.det(u @ vh))  # no reflections
-    rot = u @ torch.diag_embed(sign) @ vh
-    scale = (sig * sign).sum(1) / s.pow(2).sum((1, 2)).div(src.shape[1])
-    a = scale[:, None, None] * rot
-    t = mu_d.transpose(1, 2) - a @ mu_s.transpose(1, 2)  # (B, 2, 1)
-    return torch.cat([a, t], dim=2)
-
-
-def invert_affine(a: torch.Tensor) -> torch.Tensor:
-    """(B, 2, 3) affine transforms -> their inverses (B, 2, 3)."""
-    lin_inv = torch.linalg.inv(a[:, :, :2])
-    return torch.cat([lin_inv, -lin_inv @ a[:, :, 2:]], dim=2)
+from ldm.geometry import COLOUR_POINTS, STABLE_POINTS, invert_affine, similarity
 
 
 def align_references(

@@ -2,17 +2,18 @@
 default, the original has no such condition).
 
 On one speaker's minute of footage the UNet learns each training frame's lower face from its
-upper face and hardly uses the audio (README, "The demo recipe"). With ``mouth_config`` the
-landmark condition also carries the 20 mouth landmarks: the target's own in training, so the
-UNet learns to draw the mouth those points describe, and at sampling time these predicted from
-the audio window, so the audio decides the mouth. A ridge regression is what a few hundred
-frames support: on the dev speaker, it predicts the held-out clip's mouth opening with a
-correlation of 0.52 (log-mel) to 0.62 (Whisper features) where jointly trained networks reach
-about 0.1.
+upper face and hardly uses the audio (README, "The demo recipe"). With ``mouth_config`` the audio
+feature of the context token is replaced by an embedding of the 20 mouth landmarks' shape: the
+target's own in training, so the UNet learns to draw the mouth those points describe, and at
+sampling time the shape predicted from the audio windows, so the audio decides the mouth
+(AudioNet and AudioAttNet are then not built). A ridge regression is what a few hundred frames
+support: on the dev speaker, it predicts the held-out clip's mouth opening with a correlation of
+0.52 (log-mel) to 0.62 (Whisper features) where jointly trained networks reach about 0.1.
 
 A shape is coded as the mouth points mapped by the similarity (scale, rotation, shift) that takes
 the frame's nose and eyes onto a template face (their mean shape over the training frames), so
-head position, size and roll drop out; the code maps back onto each frame's own nose and eyes.
+head position, size and roll drop out; the code maps back onto each frame's own nose and eyes
+(``mouth_code`` and ``mouth_points`` in ldm/geometry.py).
 """
 
 from __future__ import annotations
@@ -24,42 +25,12 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from ldm.data.layout import FEATURE_DIM, MOUTH
-from ldm.models.diffusion.reference_align import STABLE_POINTS, invert_affine, similarity
+from ldm.data.layout import FEATURE_DIM
+from ldm.geometry import N_MOUTH, STABLE_POINTS, mouth_code, mouth_points, shape_template
 
 logger = logging.getLogger(__name__)
 
-N_MOUTH = len(MOUTH)
 SKETCH_SIGMA = 1.0  # latent cells (4 px of a 128 px frame at f4)
-
-
-def shape_template(upper: torch.Tensor) -> torch.Tensor:
-    """(N, 39, 2) upper-face landmarks -> (21, 2) mean nose-and-eyes shape (centred, unit size)."""
-    pts = upper[:, list(STABLE_POINTS)].double()
-    pts = pts - pts.mean(1, keepdim=True)
-    return (pts / pts.pow(2).sum(-1).mean(-1).sqrt()[:, None, None]).mean(0)
-
-
-def to_template(upper: torch.Tensor, template: torch.Tensor) -> torch.Tensor:
-    """(B, 2, 3) similarities taking each frame's nose and eyes onto ``template``."""
-    src = upper[:, list(STABLE_POINTS)].double()
-    return similarity(src, template.double().expand(len(src), -1, -1))
-
-
-def affine(points: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
-    """(B, N, 2) points mapped by (B, 2, 3) affine transforms."""
-    return points @ a[:, :, :2].transpose(1, 2) + a[:, None, :, 2]
-
-
-def mouth_code(mouth: torch.Tensor, upper: torch.Tensor, template: torch.Tensor) -> torch.Tensor:
-    """(B, 20, 2) mouth landmarks in pixels -> (B, 40) shape code in the template's frame."""
-    return affine(mouth.double(), to_template(upper, template)).flatten(1).float()
-
-
-def mouth_points(code: torch.Tensor, upper: torch.Tensor, template: torch.Tensor) -> torch.Tensor:
-    """Inverse of ``mouth_code``: (B, 40) -> (B, 20, 2) pixels on each frame's own face."""
-    inverse = invert_affine(to_template(upper, template))
-    return affine(code.double().view(-1, N_MOUTH, 2), inverse).float()
 
 
 def mouth_heatmaps(
