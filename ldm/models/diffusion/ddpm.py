@@ -14,8 +14,8 @@ from torch import nn
 
 from ldm.geometry import N_MOUTH
 from ldm.models.diffusion import mouth_window as mw
+from ldm.models.diffusion.ddim import DDIMSampler
 from ldm.models.diffusion.gaussian import DDPM
-from ldm.models.diffusion.image_logging import log_talking_images
 from ldm.models.diffusion.latent_cache import FirstStageCache
 from ldm.models.diffusion.reference_align import align_references, match_colours
 from ldm.models.diffusion.sizes import check_sizes
@@ -29,6 +29,7 @@ from ldm.util import instantiate_from_config, load_state_dict_file
 logger = logging.getLogger(__name__)
 
 REFERENCE_KEY = 2**20  # cache key of an aligned reference: target frame x 2**20 + reference frame
+SAMPLE_SEED = 0  # log_images' fixed noise: successive grids compare; training RNG untouched
 
 
 class LatentDiffusion(DDPM):
@@ -326,11 +327,31 @@ class LatentDiffusion(DDPM):
             sampler, steps, cond, x0, known, corners, self.mouth_window, **kwargs
         )
 
+    @torch.no_grad()
     def log_images(
         self, batch: dict[str, Any], n: int = 4, ddim_steps: int = 50, **kwargs: Any
     ) -> dict[str, torch.Tensor]:
-        """Images for the ImageLogger: inputs, masked, reference, reconstruction, DDIM sample."""
-        return log_talking_images(self, batch, n, ddim_steps)
+        """Images for the ImageLogger, (n, 3, H, W) in [-1, 1]: inputs, masked, reference,
+        reconstruction, and ``samples_inpaint``: a ``ddim_steps`` DDIM (eta 0) sample with the EMA
+        UNet that keeps the latent of the visible region and regenerates the cells under
+        ``inpaint_mask``, as the original's inference does."""
+        batch = {k: v[:n] for k, v in batch.items()}
+        z = self.scale_factor * self.encode_frames(batch, "image", "frame")  # (n, C, h, w)
+        cond = self.get_learned_conditioning(batch)
+        known = latent_known_mask(batch["inpaint_mask"].to(self.device), tuple(z.shape[-2:]))
+        generator = torch.Generator().manual_seed(SAMPLE_SEED)
+        corners = self.window_corners(batch)
+        with self.ema_scope("log_images"):
+            sample = self.sample_inpaint(
+                DDIMSampler(self), ddim_steps, cond, z, known, corners, eta=0.0, generator=generator
+            )
+        return {
+            "inputs": to_bchw(batch["image"]).to(self.device),
+            "masked": to_bchw(batch["image_mask"]).to(self.device),
+            "reference": to_bchw(batch["reference_img"]).to(self.device),
+            "reconstruction": self.decode_first_stage(z),
+            "samples_inpaint": self.decode_first_stage(sample),
+        }
 
     def trainable_parameters(self) -> list[nn.Parameter]:
         """UNet plus the condition encoders (trained jointly, SPEC 4.7)."""
@@ -347,3 +368,10 @@ class LatentDiffusion(DDPM):
 def to_bchw(images: torch.Tensor) -> torch.Tensor:
     """LDM batch layout (B, H, W, C) -> contiguous float (B, C, H, W)."""
     return rearrange(images, "b h w c -> b c h w").contiguous().float()
+
+
+def latent_known_mask(inpaint_mask: torch.Tensor, latent_size: tuple[int, int]) -> torch.Tensor:
+    """Pixel mask (B, H, W), 1 = hidden -> latent mask (B, 1, h, w), 1 = known: a latent cell is
+    unknown (regenerated) if any pixel it covers is hidden."""
+    hidden = F.interpolate(inpaint_mask[:, None].float(), size=latent_size, mode="area")
+    return (hidden <= 0).float()
