@@ -28,7 +28,7 @@ from ldm.config import load_config
 from ldm.evaluation import landmark_metrics as lm
 from ldm.evaluation.metrics import band_energy, crop, gmsd, lower_face_box, ssim
 from ldm.inference.checkpoint import load_model
-from ldm.inference.render import Renderer, RenderOptions, seeded, to_uint8
+from ldm.inference.render import Renderer, RenderOptions, seeded, to_frames
 from ldm.inference.testlist import SplitJob, inference_dataset, truth_frame
 from ldm.models.diffusion import mouth_window as mw
 
@@ -89,7 +89,7 @@ def x0_estimates(renderer: Renderer, items: Subset, t: int) -> np.ndarray:
             eps = m.apply_model(z_t, tt, mw.crop_condition(cond, corners, m.mouth_window))
             a, s = m.sqrt_alphas_cumprod[t], m.sqrt_one_minus_alphas_cumprod[t]
             estimate = k * z + (1.0 - k) * (z_t - s * eps) / a
-            out.append(to_uint8(m.decode_first_stage(mw.paste(x0, estimate, corners))))
+            out.append(to_frames(m.decode_first_stage(mw.paste(x0, estimate, corners))))
     return np.concatenate(out)
 
 

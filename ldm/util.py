@@ -8,6 +8,7 @@ import pickle
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -44,6 +45,20 @@ def default(val: Any, d: Any) -> Any:
 def mean_flat(tensor: torch.Tensor) -> torch.Tensor:
     """Mean over all non-batch dimensions: (B, ...) -> (B,)."""
     return tensor.mean(dim=list(range(1, tensor.ndim)))
+
+
+def to_uint8(images: torch.Tensor | np.ndarray) -> torch.Tensor | np.ndarray:
+    """Images in [-1, 1] (tensor or array, any layout) -> uint8, clipped and rounded, same type."""
+    if isinstance(images, torch.Tensor):
+        return ((images.clamp(-1.0, 1.0) + 1.0) * 127.5).round().to(torch.uint8)
+    return np.round((np.clip(images, -1.0, 1.0) + 1.0) * 127.5).astype(np.uint8)
+
+
+def from_uint8(images: torch.Tensor | np.ndarray) -> torch.Tensor | np.ndarray:
+    """8-bit images (tensor or array, any layout) -> float32 in [-1, 1], same type."""
+    if isinstance(images, torch.Tensor):
+        return images.float() / 127.5 - 1.0
+    return np.asarray(images, dtype=np.float32) / 127.5 - 1.0
 
 
 def load_state_dict_file(

@@ -69,6 +69,22 @@ def test_jaw_mask_is_zero_exactly_inside_the_polygon():
     assert inside == 0 and outside == 1
 
 
+def test_8_bit_images_go_to_minus_one_one_and_back_exactly_as_arrays_or_tensors():
+    import torch
+
+    from ldm.util import from_uint8, to_uint8
+
+    levels = np.arange(256, dtype=np.uint8).reshape(16, 16)
+    x = from_uint8(levels)
+    assert x.dtype == np.float32 and (x.min(), x.max()) == (-1.0, 1.0)
+    np.testing.assert_array_equal(to_uint8(x), levels)
+    t = from_uint8(torch.from_numpy(levels))
+    np.testing.assert_array_equal(t.numpy(), x)
+    assert torch.equal(to_uint8(t), torch.from_numpy(levels))
+    for out_of_range in (np.array([-3.0, 2.0]), torch.tensor([-3.0, 2.0])):
+        assert to_uint8(out_of_range).tolist() == [0, 255]  # clipped, not wrapped around
+
+
 def test_missing_data_directory_is_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="no images/ folder"):
         TalkTrain(split_file=str(tmp_path / "x.txt"), root=str(tmp_path / "nowhere"))

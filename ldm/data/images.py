@@ -9,6 +9,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from ldm.data.layout import MOUTH, read_landmarks_file, read_split_keys
+from ldm.util import from_uint8
 
 
 class ImageFolder(Dataset):
@@ -66,7 +67,7 @@ class ImageFolder(Dataset):
         if self.crop_size is not None:  # the autoencoder is convolutional: patches train it too
             y, x = self.crop_corner(path, scale)
             image = image[y : y + self.crop_size, x : x + self.crop_size]
-        return {"image": image / 127.5 - 1.0}
+        return {"image": from_uint8(image)}
 
     def crop_corner(self, path: Path, scale: float) -> tuple[int, int]:
         """(top, left) of a random crop: around the mouth (a ``mouth_crops`` fraction of them)

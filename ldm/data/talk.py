@@ -29,6 +29,7 @@ from ldm.data.layout import (
     read_split_keys,
     reference_exclusion,
 )
+from ldm.util import from_uint8
 
 logger = logging.getLogger(__name__)
 
@@ -73,7 +74,7 @@ def load_image(path: Path, size: int) -> tuple[np.ndarray, float]:
             raise ValueError(f"{path}: frames must be square, got {width}x{height}")
         im = im.convert("RGB").resize((size, size), Image.BICUBIC)
         arr = np.asarray(im, dtype=np.float32)
-    return arr / 127.5 - 1.0, width / size
+    return from_uint8(arr), width / size
 
 
 def jaw_latent_mask(landmarks: np.ndarray, orig_size: int, latent_size: int) -> np.ndarray:

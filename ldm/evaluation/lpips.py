@@ -19,6 +19,7 @@ from torch import nn
 
 from ldm.evaluation import WeightsError, load_state_dict
 from ldm.modules.losses.lpips import LPIPSHead
+from ldm.util import from_uint8
 
 log = logging.getLogger(__name__)
 
@@ -126,7 +127,7 @@ def lpips_frames(
     while chunk := list(itertools.islice(pairs, batch)):
         x = torch.from_numpy(np.stack([p for p, _ in chunk]))
         y = torch.from_numpy(np.stack([g for _, g in chunk]))
-        x = x.permute(0, 3, 1, 2).float() / 127.5 - 1.0  # (B, 3, H, W) in [-1, 1]
-        y = y.permute(0, 3, 1, 2).float() / 127.5 - 1.0
+        x = from_uint8(x.permute(0, 3, 1, 2))  # (B, 3, H, W) in [-1, 1]
+        y = from_uint8(y.permute(0, 3, 1, 2))
         out.append(model(x, y).cpu().numpy())
     return np.concatenate(out).astype(np.float64) if out else np.zeros(0)

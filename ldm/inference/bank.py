@@ -23,6 +23,7 @@ from tqdm import tqdm
 from ldm.data.layout import MOUTH, UPPER_FACE_LANDMARKS, format_key
 from ldm.data.mouth_reference import read_landmarks
 from ldm.data.talk import load_image, read_keys
+from ldm.util import from_uint8, to_uint8
 
 logger = logging.getLogger(__name__)
 
@@ -51,7 +52,7 @@ class ReferenceBank:
         images, scales = [], []
         for key in tqdm(keys, desc="reference bank", leave=False, disable=None):  # no bar in logs
             image, scale = load_image(root / "images" / f"{format_key(*key)}.jpg", size)
-            images.append(np.round((image + 1.0) * 127.5).astype(np.uint8))
+            images.append(to_uint8(image))
             scales.append(scale)
         lms = torch.from_numpy(read_landmarks(root, keys) / np.asarray(scales)[:, None, None])
         self.images = np.stack(images)
@@ -79,7 +80,7 @@ class ReferenceBank:
         codes = self.predictor(batch["audio_smooth"].to(device, torch.float32))
         batch["mouth_code"] = codes
         idx = self.pick(codes)
-        batch["reference_img"] = torch.from_numpy(self.images[idx]).float() / 127.5 - 1.0
+        batch["reference_img"] = from_uint8(torch.from_numpy(self.images[idx]))
         batch["reference_landmarks"] = self.landmarks[idx]
         return idx
 

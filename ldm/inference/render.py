@@ -20,6 +20,7 @@ from ldm.inference.bank import ReferenceBank
 from ldm.models.diffusion.ddim import DDIMSampler, make_ddim_timesteps, randn
 from ldm.models.diffusion.dpm_solver import DPMSolverSampler, ddim_start
 from ldm.models.diffusion.wrapper import Cond
+from ldm.util import to_uint8
 
 logger = logging.getLogger(__name__)
 
@@ -84,10 +85,9 @@ def make_sampler(model: torch.nn.Module, name: str, steps: int) -> DDIMSampler |
     return DPMSolverSampler(model, t_start=max(ddim_start(model.num_timesteps), steps))
 
 
-def to_uint8(images: torch.Tensor) -> np.ndarray:
+def to_frames(images: torch.Tensor) -> np.ndarray:
     """(B, 3, H, W) in [-1, 1] -> (B, H, W, 3) uint8."""
-    x = ((images.clamp(-1.0, 1.0) + 1.0) * 127.5).round().to(torch.uint8)
-    return x.permute(0, 2, 3, 1).cpu().numpy()
+    return to_uint8(images.permute(0, 2, 3, 1)).cpu().numpy()
 
 
 class Renderer:
@@ -174,7 +174,7 @@ class Renderer:
                 if o.reference == "progressive":  # this frame is the next one's reference
                     reference = images[-1].permute(1, 2, 0).cpu().numpy()
                     ref_latent = self.encode_reference(torch.as_tensor(reference))
-                yield RenderedBatch(first, to_uint8(images), reference)
+                yield RenderedBatch(first, to_frames(images), reference)
 
     def render(self, items: Sequence[dict[str, Any]], reference: np.ndarray) -> np.ndarray:
         """All frames (T, H, W, 3) uint8 of a short clip in memory (see ``frames``)."""

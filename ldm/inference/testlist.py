@@ -31,7 +31,7 @@ from ldm.inference.stream import (
     render_signature,
     write_image,
 )
-from ldm.util import instantiate_from_config
+from ldm.util import instantiate_from_config, to_uint8
 from ldm.video import VideoEncoder
 
 logger = logging.getLogger(__name__)
@@ -114,7 +114,7 @@ def audio_segment(root: Path, audio_vid: int, frames: list[int], folder: Path) -
 
 def truth_frame(item: dict[str, Any]) -> np.ndarray:
     """(H, W, 3) uint8 ground-truth frame of a dataset item."""
-    return np.round((item["image"] + 1.0) * 127.5).clip(0, 255).astype(np.uint8)
+    return to_uint8(item["image"])
 
 
 def render_clip(
