@@ -4,6 +4,12 @@ overrides, and the checks that turn a wrong key into one clear error.
 A YAML may start with ``_base_: other.yaml`` (a path relative to that file, or a list of them):
 the named files are merged first and the file's own keys override them, so a small config is
 written as its differences from the paper's (``configs/latent-diffusion/talking-small.yaml``).
+A ``_base_`` inside a section does the same for that section, and ``FILE#dotted.key`` names a
+section of another file; the demo's first stage takes its architecture from the autoencoder's
+config that way (``configs/latent-diffusion/talking-demo.yaml``):
+
+    ddconfig:
+      _base_: ../autoencoder/kl_f4_small.yaml#model.params.ddconfig
 """
 
 from __future__ import annotations
@@ -57,15 +63,31 @@ def read_yaml(path: str | Path, _seen: tuple[Path, ...] = ()) -> DictConfig:
         raise FileNotFoundError(f"config file not found: {path}{via}")
     if path.resolve() in _seen:
         raise ConfigError(f"{path}: {BASE_KEY} cycle through {', '.join(map(str, _seen))}")
-    update = OmegaConf.load(path)
-    bases = update.pop(BASE_KEY, None)
+    return with_bases(OmegaConf.load(path), path, (*_seen, path.resolve()))
+
+
+def with_bases(node: DictConfig, path: Path, seen: tuple[Path, ...]) -> DictConfig:
+    """``node`` of the YAML ``path`` with every ``_base_`` in it, at any depth, merged under the
+    keys beside it (``seen``: the files being read, for the cycle check)."""
+    for key in [k for k, v in node.items_ex(resolve=False) if isinstance(v, DictConfig)]:
+        node[key] = with_bases(node[key], path, seen)
+    bases = node.pop(BASE_KEY, None)
     if bases is None:
-        return update
+        return node
     config = OmegaConf.create()
     for base in [bases] if isinstance(bases, str) else bases:
-        parent = read_yaml(path.parent / base, (*_seen, path.resolve()))
-        config = merge_yaml(config, parent)
-    return merge_yaml(config, update)
+        config = merge_yaml(config, read_base(path, str(base), seen))
+    return merge_yaml(config, node)
+
+
+def read_base(path: Path, base: str, seen: tuple[Path, ...]) -> DictConfig:
+    """The YAML ``base`` names (relative to ``path``), or its section at ``FILE#dotted.key``."""
+    file, _, key = base.partition("#")
+    config = read_yaml(path.parent / file, seen)
+    section = OmegaConf.select(config, key) if key else config
+    if not isinstance(section, DictConfig):
+        raise ConfigError(f"{path}: {BASE_KEY} {base}: {file} has no section {key!r}")
+    return section
 
 
 def merge_yaml(config: DictConfig, update: DictConfig) -> DictConfig:

@@ -48,7 +48,9 @@ def test_mouth_code_drops_position_size_and_roll_and_maps_back_onto_each_face():
 @pytest.mark.parametrize("n_train", [400, 40])  # more samples than inputs (primal), fewer (dual)
 def test_ridge_fit_recovers_a_linear_audio_to_mouth_map_on_held_out_windows(n_train):
     torch.manual_seed(0)
-    model = MouthPredictor(feature_dim=6, win_size=4, smooth=0, ridge=1e-3)  # 24 inputs
+    model = MouthPredictor(  # 24 inputs, the whole 40-d code, the plain ridge
+        feature_dim=6, win_size=4, smooth=0, ridge=1e-3, components=40, calibrate=0.0
+    )
     true_w = torch.randn(24, 40)
     audio = torch.randn(n_train + 100, 8, 4, 6)
     codes = audio[:, 4].flatten(1) @ true_w + 0.5
@@ -112,7 +114,7 @@ def mouth_model_and_batch(**params):
     )  # fmt: skip
     cfg.model.params.mouth_config = {
         "target": "ldm.modules.encoders.mouth.MouthPredictor",
-        "params": {"feature_dim": 29, "ridge": 1.0},
+        "params": {"feature_dim": 29, "ridge": 1.0, "components": 40, "calibrate": 0.0},
     }
     cfg.model.params = OmegaConf.merge(cfg.model.params, params)
     torch.manual_seed(0)
@@ -282,7 +284,7 @@ def test_predictions_noise_and_projections_stay_within_the_principal_shapes():
         assert torch.allclose(code, inside, atol=1e-4)
     assert not torch.allclose(model.add_noise(codes), model.project(codes), atol=1e-2)
     # all 40 components keep the whole code
-    full = MouthPredictor(feature_dim=3, win_size=4)
+    full = MouthPredictor(feature_dim=3, win_size=4, components=40)
     full.fit_codes(audio, codes)
     assert torch.allclose(full.project(codes), codes, atol=1e-4)
     with pytest.raises(ValueError, match="components"):

@@ -52,7 +52,8 @@ class MouthPredictor(nn.Module):
     averages its predictions over the windows of the ``smooth`` frames either side when
     predicting, so the mouth does not flicker from one frame to the next. It is
     fitted once in closed form on the training frames (``fit``; LatentDiffusion does it when
-    training starts) and kept in buffers, so checkpoints carry it and DDP ranks agree.
+    training starts) and kept in buffers, so checkpoints carry it and DDP ranks agree. The
+    defaults are the demo recipe's (configs/latent-diffusion/talking-demo.yaml).
     """
 
     def __init__(
@@ -60,12 +61,12 @@ class MouthPredictor(nn.Module):
         feature_dim: int = FEATURE_DIM,
         win_size: int = 16,
         centre: int = 4,  # the frame's own window among the 8 (frames f-4 .. f+3)
-        smooth: int = 2,  # predictions averaged over frames f-smooth .. f+smooth
+        smooth: int = 1,  # predictions averaged over frames f-smooth .. f+smooth
         ridge: float = 1e4,
         dim_out: int = 64,  # the audio feature's width in the context token
-        code_noise: float = 0.3,  # training: noise on the true codes, in units of their spread
-        components: int = 2 * N_MOUTH,  # principal shapes predicted (40: the whole code)
-        calibrate: float = 0.0,  # how much of the ridge's shrinkage to undo, 0..1 (``fit_codes``)
+        code_noise: float = 0.1,  # training: noise on the true codes, in units of their spread
+        components: int = 4,  # principal shapes predicted (40 = 2 x N_MOUTH: the whole code)
+        calibrate: float = 0.5,  # how much of the ridge's shrinkage to undo, 0..1 (``fit_codes``)
         max_gain: float = 4.0,
     ) -> None:
         super().__init__()
