@@ -1,4 +1,4 @@
-"""Refresh the README's screenshot of the web app with a real model and a real clip.
+"""Refresh the web app's screenshot (README, docs/rendering.md) with a real model and clip.
 
     python benchmarks/app_screenshot.py --ckpt runs/andrew/logs/<run>/checkpoints/last.ckpt \
         --clip clip.mp4 [--seconds 4]

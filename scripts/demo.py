@@ -8,7 +8,7 @@
 
 The held-out clip is rendered from its own audio and scored against the truth. Training steps
 follow the number of training frames (ldm/demo/pipeline.py, Budget); on real clips each training
-also stops when its minutes run out (13 and 9), unless ``--no-time-limit``. Each finished stage
+also stops when its minutes run out (10 and 9), unless ``--no-time-limit``. Each finished stage
 leaves a marker in ``{out}/.done/``, and an interrupted training resumes from its last.ckpt, so
 a rerun of the same command continues where it stopped.
 """
@@ -40,7 +40,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--no-time-limit",
         action="store_true",
         help="train the full step budget however long it takes (default: on real clips the first "
-        "stage stops after 13 min and the talking LDM after 9, so a slower CPU trains fewer steps)",
+        "stage stops after 10 min and the talking LDM after 9, so a slower CPU trains fewer steps)",
     )
     return p.parse_args(argv)
 

@@ -2,7 +2,7 @@
 
 With a reference drawn at random, its mouth has nothing to do with the target's, so on one
 speaker's minute of footage the UNet learns to ignore it and paints each training frame's lower
-face from memory (README, "The demo recipe"). With ``reference_choice: mouth`` the reference is
+face from memory (docs/demo-recipe.md). With ``reference_choice: mouth`` the reference is
 one of the frames whose mouth shape is nearest the target's (outside the usual margin in time), so
 borrowing its lips and teeth is what lowers the loss; at rendering time
 (``ldm.inference.bank.ReferenceBank``) each frame borrows from the training frame whose shape is

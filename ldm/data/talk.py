@@ -128,7 +128,7 @@ class TalkBase(Dataset):
         # ``mouth_candidates`` frames nearest in mouth shape (ldm/data/mouth_reference.py)
         mouth_candidates: int = 5,
         self_reference: float = 0.0,  # training: this fraction of items is its own reference,
-        # drawn per item each time (0: never, the original; README, "The demo recipe")
+        # drawn per item each time (0: never, the original; docs/demo-recipe.md)
         audio_id: int
         | None = None,  # drive every id with this id's audio (original inference: 105)
         with_inference_mask: bool = False,

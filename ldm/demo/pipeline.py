@@ -51,13 +51,14 @@ STAGES = ("preprocess", "first_stage", "talking", "render", "first_stage_only", 
 
 @dataclass(frozen=True)
 class Budget:
-    """Training sizes of one demo run, from the number of training frames (README, "Budget").
+    """Training sizes of one demo run, from the number of training frames (docs/demo-recipe.md,
+    "The budget").
 
     The first stage trains ``ae_epochs`` passes over the training frames, the talking LDM
     ``ldm_epochs`` passes, each at its config's batch size and clipped to [min, max] steps: a
     few seconds of footage still train enough, and a minute or more costs no more. Each stops
     earlier if its ``*_minutes`` run out (Lightning's ``max_time``; None = no limit), so a slower
-    CPU trains fewer steps but the run still ends in about 30 minutes.
+    CPU trains fewer steps but the run still ends in about 25 minutes.
     """
 
     ae_epochs: float = 24.0
@@ -98,7 +99,7 @@ def batch_size(configs: list[str], overrides: list[str]) -> int:
     return int(merged_config(tuple(configs), tuple(overrides)).data.params.batch_size)
 
 
-FULL = Budget(ae_minutes=10.0, ldm_minutes=9.0)  # README, "Budget": ~30 min on 2 cores
+FULL = Budget(ae_minutes=10.0, ldm_minutes=9.0)  # ~25 min in all on 2 cores (docs/demo-recipe.md)
 QUICK = Budget(ae_steps=(200, 200), ldm_steps=(1000, 1000))
 SAMPLE = Budget(ae_steps=(500, 500), ldm_steps=(1500, 1500))  # the previous demo's steps
 SAMPLE_QUICK = Budget(ae_steps=(500, 500), ldm_steps=(700, 700))

@@ -1,12 +1,12 @@
 """ReferenceBank: per frame, the training frame whose mouth matches the audio (reference "bank").
 
 A model trained with mouth-matched references (``reference_choice: mouth``,
-ldm/data/mouth_reference.py) learns to use the reference it is shown (README: not yet to copy its
-lips). At rendering time each frame is shown
-the frame of the speaker's training footage whose mouth shape is nearest the one its
-MouthPredictor reads from the audio; the model warps it onto the frame's head pose
-(``align_reference``) and inpaints with it. The bank is a split list of a preprocessed dataset
-(e.g. the demo's ``data/data_train.txt``): its images and landmark files are read once.
+ldm/data/mouth_reference.py) learns to use the reference it is shown (not yet to copy its lips:
+docs/experiments.md). At rendering time each frame is shown the frame of the speaker's training
+footage whose mouth shape is nearest the one its MouthPredictor reads from the audio; the model
+warps it onto the frame's head pose (``align_reference``) and inpaints with it. The bank is a
+split list of a preprocessed dataset (e.g. the demo's ``data/data_train.txt``): its images and
+landmark files are read once.
 """
 
 from __future__ import annotations

@@ -35,7 +35,8 @@ class DiffusionWrapper(nn.Module):
         self.conditioning_key = conditioning_key
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, cond: Cond) -> torch.Tensor:
-        """x (B, C, h, w), t (B,), cond with the four keys above -> eps (B, C, h, w)."""
+        """x (B, C, h, w), t (B,), cond with the four keys above -> the UNet's output (B, C, h, w):
+        eps, or v under ``parameterization: v`` (DDPM.apply_model converts it to eps)."""
         sketch = [cond[self.SKETCH_KEY]] if self.SKETCH_KEY in cond else []
         x_in = torch.cat([x, *(cond[k] for k in self.CONCAT_KEYS), *sketch], dim=1)  # (B, 3C(+20))
         context = torch.cat([cond[k] for k in self.CONTEXT_KEYS], dim=-1)[:, None]  # (B, 1, 128)

@@ -77,7 +77,8 @@ class ResBlock(nn.Module):
 
 
 class UNetModel(nn.Module):
-    """Denoising UNet with spatial transformers: x (B, C_in, H, W), t (B,), ctx (B, M, D) -> eps."""
+    """Denoising UNet with spatial transformers: x (B, C_in, H, W), t (B,), ctx (B, M, D) -> eps
+    (or v: the model's ``parameterization`` decides what it is trained to predict)."""
 
     def __init__(
         self,
@@ -181,7 +182,7 @@ class UNetModel(nn.Module):
     def forward(
         self, x: torch.Tensor, timesteps: torch.Tensor, context: torch.Tensor | None = None
     ) -> torch.Tensor:
-        """Predict eps: x (B, C_in, H, W), timesteps (B,), context (B, M, context_dim)."""
+        """Predict eps (or v): x (B, C_in, H, W), timesteps (B,), context (B, M, context_dim)."""
         emb = self.time_embed(timestep_embedding(timesteps, self.model_channels).to(x.dtype))
         hs = []
         h = x

@@ -2,7 +2,7 @@
 default, the original has no such condition).
 
 On one speaker's minute of footage the UNet learns each training frame's lower face from its
-upper face and hardly uses the audio (README, "The demo recipe"). With ``mouth_config`` the audio
+upper face and hardly uses the audio (docs/demo-recipe.md). With ``mouth_config`` the audio
 feature of the context token is replaced by an embedding of the 20 mouth landmarks' shape: the
 target's own in training, so the UNet learns to draw the mouth those points describe, and at
 sampling time the shape predicted from the audio windows, so the audio decides the mouth
