@@ -1,15 +1,26 @@
 #!/bin/sh
-# Train DiffTalk with the paper configuration on every visible GPU (the original run.sh, SPEC 5.3).
+# Train DiffTalk with the paper configuration on every visible GPU (the original run.sh, SPEC 5.3):
+# runs `main.py --base $CONFIG -t --gpus $GPUS, ARGS` in the project's .venv.
 #
-#   sh run.sh                                     # all GPUs torch sees, configs/latent-diffusion/talking.yaml
-#   GPUS=0,1 sh run.sh                            # GPU indices among the visible ones
-#   CUDA_VISIBLE_DEVICES=4,5,6,7 sh run.sh        # restrict what torch sees (then GPUS=0..3 by default)
+# Usage: sh run.sh [ARGS ...]
+#   sh run.sh                                 # all GPUs torch sees, configs/latent-diffusion/talking.yaml
+#   GPUS=0,1 sh run.sh                        # GPU indices among the visible ones
+#   CUDA_VISIBLE_DEVICES=4,5,6,7 sh run.sh    # restrict what torch sees (then GPUS=0..3 by default)
 #   CONFIG=my.yaml sh run.sh data.params.batch_size=4 --precision bf16-mixed
-#   sh run.sh -r logs/<time>_talking              # resume a run (extra args go to main.py)
+#   sh run.sh -r logs/<time>_talking          # resume a run
 #
-# Environment: CONFIG (default configs/latent-diffusion/talking.yaml), GPUS (default: all visible).
-# Runs in the project's .venv, created on first use by scripts/setup_env.sh (the same one demo.sh
-# and inference.sh use; TORCH_SPEC picks the torch build, PYTHON the interpreter that makes it).
+# Environment:
+#   CONFIG      the config YAML (default: configs/latent-diffusion/talking.yaml)
+#   GPUS        GPU indices, comma-separated (default: every GPU torch sees)
+#   TORCH_SPEC  the torch build .venv gets (scripts/setup_env.sh; default: the CPU wheel), PYTHON
+#               the interpreter that makes .venv (default: python3)
+# ARGS go to main.py: config overrides key=value, -r LOGDIR (resume), -n NAME, -l LOGDIR,
+# --max_steps N, --max_epochs N, --precision P, --strategy S, --scale_lr false, -s SEED, -d
+# (all of them: .venv/bin/python main.py --help). Without a CUDA GPU it stops and names the CPU
+# config. .venv is created on first use (shared with demo.sh and inference.sh).
+for arg in "$@"; do  # the comment above is the usage
+    case $arg in -h | --help) sed -n '2,/^[^#]/s/^# \{0,1\}//p' "$0"; exit 0 ;; --) break ;; esac
+done
 set -eu
 cd "$(dirname "$0")"
 . scripts/setup_env.sh

@@ -1,4 +1,5 @@
-"""run.sh and inference.sh use the project's .venv through scripts/setup_env.sh, as demo.sh does.
+"""run.sh, inference.sh and demo.sh: their usage on --help, and the project's .venv through
+scripts/setup_env.sh.
 
 Each test runs a copy of the scripts in a temporary project whose .venv is already set up (its
 stamp matches), so setup_env.sh installs nothing and the commands' own logic runs.
@@ -6,6 +7,9 @@ stamp matches), so setup_env.sh installs nothing and the commands' own logic run
 
 from __future__ import annotations
 
+import contextlib
+import io
+import re
 import shutil
 import subprocess
 import sys
@@ -13,8 +17,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from test_train import load_main
 
-from conftest import ROOT
+from conftest import ROOT, load_script
 
 TORCH_SPEC = "torch==2.13.0"
 
@@ -87,3 +92,53 @@ def test_changed_requirements_make_setup_env_reinstall(tmp_path: Path) -> None:
         "-m pip install -q -r requirements.txt",
     ]
     assert "scripts/inference.py" not in calls.read_text()
+
+
+USAGE_NAMES = {  # what each command's usage must name: its own arguments and environment
+    "run.sh": ("CONFIG", "GPUS", "TORCH_SPEC", "main.py"),
+    "inference.sh": ("CKPT", "CONFIG", "SPLIT", "OUT", "DATA", "scripts/inference.py"),
+    "demo.sh": ("--test", "--out", "--quick", "--no-time-limit", "scripts/demo.py"),
+}
+
+
+@pytest.mark.parametrize("command", sorted(USAGE_NAMES))
+@pytest.mark.parametrize("flag", ["--help", "-h"])
+def test_each_command_prints_its_usage_before_any_setup(tmp_path: Path, command, flag) -> None:
+    calls = tmp_path / "calls.log"
+    fake = script(tmp_path / "fake", f'echo "$*" >> {calls}\n')
+    proj = project_copy(tmp_path, fake)
+    (proj / ".venv" / ".difftalk-installed").unlink()  # any setup would reinstall and say so
+    args = ("my.ckpt", flag) if command == "inference.sh" else (flag,)
+    res = sh(proj, command, *args, CUDA_VISIBLE_DEVICES="")
+    assert res.returncode == 0 and res.stderr == ""
+    assert res.stdout.startswith(("Train", "The paper", "DiffTalk")) and "Usage: sh " in res.stdout
+    for name in USAGE_NAMES[command]:
+        assert name in res.stdout
+    assert not calls.exists()  # neither pip, nor the GPU check, nor the command ran
+
+
+OPTION = re.compile(r"(?<![\w-])--[a-z][a-z0-9_-]*")
+
+
+def options(parse_args) -> set[str]:
+    """The long options a script's argparse parser prints in its --help."""
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out), pytest.raises(SystemExit):
+        parse_args(["--help"])
+    return set(OPTION.findall(out.getvalue())) - {"--help"}
+
+
+def test_the_usages_name_only_options_their_scripts_take_and_demo_sh_all_of_them() -> None:
+    parsers = {
+        "run.sh": load_main().get_parser().parse_args,
+        "inference.sh": load_script("inference").parse_args,
+        "demo.sh": load_script("demo").parse_args,
+    }
+    for command, parse_args in parsers.items():
+        usage = subprocess.run(
+            ["sh", str(ROOT / command), "--help"], capture_output=True, text=True
+        )
+        named, taken = set(OPTION.findall(usage.stdout)) - {"--help"}, options(parse_args)
+        assert named and named <= taken, (command, named - taken)
+        if command == "demo.sh":  # it passes everything through: its usage lists every option
+            assert named == taken
