@@ -248,6 +248,7 @@ def check_result_file(result: Path, clip: Path) -> None:
     assert changed[:, 150:].any() and not changed[:, :60].any()
 
 
+@pytest.mark.slow
 def test_page_renders_in_chromium(media, chromium, app_url, tmp_path):
     page, requests = chromium
     clip, speech = media

@@ -275,6 +275,7 @@ def test_errors_are_clear_and_leave_no_mp4(tiny, tmp_path, caplog):
     assert cli.main(cli_args(tiny, "--audio", speech)) == 2  # neither a portrait nor a split
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not (SHARED_DATA / "hdtf").is_dir(), reason="../shared/data/hdtf is absent")
 def test_real_hdtf_clip_driven_by_another_segment(tiny, tmp_path):
     speech = tmp_path / "speech.wav"

@@ -16,12 +16,6 @@ def test_landmark_sets_are_the_originals():
     assert layout.upper_face_index(layout.NOSE_TIP) == 21
 
 
-def test_audio_and_time_constants_fit_together():
-    assert layout.AUDIO_SHAPE == (8, 16, 29)
-    assert layout.SAMPLE_RATE // layout.FEATURE_RATE == 320  # 20 ms steps
-    assert layout.STEPS_PER_FRAME * layout.FPS == layout.FEATURE_RATE
-
-
 def test_keys_format_and_parse():
     assert layout.format_key(105, 1) == "105_1"
     assert layout.parse_key(" 105_1\n") == (105, 1)

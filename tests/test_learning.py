@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from torch.utils.data import DataLoader
 
@@ -17,6 +18,7 @@ def fixed_loss(model, batch, t, noise) -> float:
         return model.p_losses(z, cond, t, noise)[0].item()
 
 
+@pytest.mark.slow
 def test_few_hundred_steps_reduce_the_loss_by_a_large_factor(tiny_dataset):
     torch.manual_seed(0)
     cfg = small_config()

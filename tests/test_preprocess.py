@@ -209,6 +209,7 @@ def test_parallel_workers_give_the_same_dataset(built, inputs, tmp_path):
             assert a == (other / "landmarks" / f"{vid}_{f}.lms").read_text()
 
 
+@pytest.mark.slow
 def test_killed_run_leaves_no_half_video_and_resumes(inputs, tmp_path):
     video = make_face_video(tmp_path / "long.mp4", seconds=6.0, width=200, height=160, face_px=70)
     root = tmp_path / "HDTF"

@@ -15,7 +15,10 @@ from ldm.preprocessing.pipeline import PreprocessOptions, process_video
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"
-pytestmark = pytest.mark.skipif(not SHARED.is_dir(), reason=f"real clips not found at {SHARED}")
+pytestmark = [  # real clips: detection and cropping over many frames
+    pytest.mark.slow,
+    pytest.mark.skipif(not SHARED.is_dir(), reason=f"real clips not found at {SHARED}"),
+]
 
 
 def _load_script(name: str):

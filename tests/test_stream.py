@@ -63,6 +63,7 @@ def portrait_argv(tiny, tmp_path, out, speech: float = 1.2) -> list[str]:
     return [str(a) for a in args]
 
 
+@pytest.mark.slow
 def test_killed_render_resumes_and_matches_an_uninterrupted_run(tiny, tmp_path, monkeypatch):
     whole, resumed = tmp_path / "whole.mp4", tmp_path / "resumed.mp4"
     assert INFERENCE.main(portrait_argv(tiny, tmp_path, whole)) == 0
@@ -105,6 +106,7 @@ def start_inference(argv: list[str]) -> subprocess.Popen:
     return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=DEVNULL, stderr=subprocess.PIPE)
 
 
+@pytest.mark.slow
 def test_render_killed_by_sigkill_resumes_and_matches_an_uninterrupted_run(tiny, tmp_path):
     """A real kill -9 of scripts/inference.py after two finished chunks of 8: no mp4 is left,
     and the rerun gives the frames of a run that was never interrupted (each run is its own
@@ -135,6 +137,7 @@ def test_render_killed_by_sigkill_resumes_and_matches_an_uninterrupted_run(tiny,
     assert not chunk_dir(resumed).exists()
 
 
+@pytest.mark.slow
 def test_split_mode_resumes_per_clip(tiny, tmp_path, monkeypatch):
     argv = ["--ckpt", tiny["ckpt"], "--config", tiny["config"], "--root", tiny["data"]]
     argv += ["--split", tiny["root"] / "data_test.txt", "--steps", "4", "--chunk-frames", "3"]

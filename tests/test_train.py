@@ -268,6 +268,7 @@ def test_tiny_run_writes_checkpoints_grids_config_and_tensorboard(data, tmp_path
     assert list((logdir / "tensorboard").glob("events.out.tfevents.*"))
 
 
+@pytest.mark.slow
 def test_max_time_stops_a_run_early_with_its_last_checkpoint_and_says_so(data, tmp_path):
     logs = tmp_path / "logs"
     progress = tmp_path / "progress.yaml"  # an extra --base config: overrides add no new keys
@@ -289,6 +290,7 @@ def test_max_time_stops_a_run_early_with_its_last_checkpoint_and_says_so(data, t
     assert f"stopped at step {step}/100000: its time budget" in res.stderr
 
 
+@pytest.mark.slow
 def test_kill9_then_resume_continues_at_the_same_step_and_state(data, tmp_path):
     logs = tmp_path / "logs"
     args = talking_args(data, report_yaml(tmp_path), "-t", "-l", str(logs))
@@ -318,6 +320,7 @@ def test_kill9_then_resume_continues_at_the_same_step_and_state(data, tmp_path):
     assert not stale.exists()
 
 
+@pytest.mark.slow
 def test_sigusr1_saves_and_continues_sigterm_saves_and_stops(data, tmp_path):
     logs = tmp_path / "logs"
     args = talking_args(data, report_yaml(tmp_path), "-t", "-l", str(logs))
@@ -338,6 +341,7 @@ def test_sigusr1_saves_and_continues_sigterm_saves_and_stops(data, tmp_path):
     assert "continue with: python main.py -r" in (tmp_path / "out.log").read_text()
 
 
+@pytest.mark.slow
 def test_ddp_two_cpu_processes_share_the_data_and_end_identical(data, tmp_path):
     logs = tmp_path / "logs"
     args = talking_args(data, report_yaml(tmp_path), "-t", "-l", str(logs))
