@@ -137,7 +137,6 @@ def test_render_killed_by_sigkill_resumes_and_matches_an_uninterrupted_run(tiny,
     assert not chunk_dir(resumed).exists()
 
 
-@pytest.mark.slow
 def test_split_mode_resumes_per_clip(tiny, tmp_path, monkeypatch):
     argv = ["--ckpt", tiny["ckpt"], "--config", tiny["config"], "--root", tiny["data"]]
     argv += ["--split", tiny["root"] / "data_test.txt", "--steps", "4", "--chunk-frames", "3"]
