@@ -114,7 +114,10 @@ def load_model(
     check_schedule(model, state_dict, ckpt)
     state_dict = {k: v for k, v in state_dict.items() if k not in SCHEDULE_BUFFERS}
     if model.mouth_model is not None:
-        state_dict = {k: v for k, v in state_dict.items() if not k.startswith(AUDIO_NETWORKS)}
+        kept = {k: v for k, v in state_dict.items() if not k.startswith(AUDIO_NETWORKS)}
+        if len(kept) < len(state_dict):
+            logger.info("%s: left out the unused audio networks of an older checkpoint", ckpt)
+        state_dict = kept
     is_buffer = "scale_factor" in dict(model.named_buffers())  # scale_by_std models keep it
     stored_scale = None if is_buffer else state_dict.pop("scale_factor", None)  # LDM's buffer
     if stored_scale is not None and float(stored_scale) != float(model.scale_factor):
