@@ -61,20 +61,19 @@ def from_uint8(images: torch.Tensor | np.ndarray) -> torch.Tensor | np.ndarray:
     return np.asarray(images, dtype=np.float32) / 127.5 - 1.0
 
 
-def load_state_dict_file(
+def load_checkpoint_file(
     path: str | Path, missing_hint: str = "", allow_pickle: bool = True
-) -> dict[str, torch.Tensor]:
-    """The ``state_dict`` of a Lightning/LDM checkpoint (or a bare state dict), on the CPU.
+) -> Any:
+    """A torch checkpoint file as saved (a Lightning dict, a bare state dict, ...), on the CPU.
 
     Loads with ``weights_only=True``; with ``allow_pickle``, old Lightning 1.x files that pickle
-    Python objects fall back to a full load, with a warning naming the file. The one loader of
-    model, first-stage, LPIPS and metric weights.
+    Python objects fall back to a full load, with a warning naming the file.
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}. {missing_hint}".rstrip())
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError:
         if not allow_pickle:
             raise
@@ -83,9 +82,23 @@ def load_state_dict_file(
             "weights_only=False, which runs code from the file: only do this for files you trust.",
             path,
         )
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+        return torch.load(path, map_location="cpu", weights_only=False)
+
+
+def state_dict_of(ckpt: Any, path: str | Path) -> dict[str, torch.Tensor]:
+    """The ``state_dict`` of a loaded Lightning/LDM checkpoint, or the checkpoint itself when it
+    is a bare state dict; ValueError naming ``path`` otherwise."""
     if isinstance(ckpt, dict) and isinstance(ckpt.get("state_dict"), dict):
         ckpt = ckpt["state_dict"]
     if not isinstance(ckpt, dict):
         raise ValueError(f"{path}: expected a state dict, found {type(ckpt).__name__}")
     return ckpt
+
+
+def load_state_dict_file(
+    path: str | Path, missing_hint: str = "", allow_pickle: bool = True
+) -> dict[str, torch.Tensor]:
+    """The ``state_dict`` of a Lightning/LDM checkpoint (or a bare state dict), on the CPU
+    (``load_checkpoint_file``). The one loader of model, first-stage, LPIPS and metric weights.
+    """
+    return state_dict_of(load_checkpoint_file(path, missing_hint, allow_pickle), path)

@@ -25,11 +25,13 @@ from ldm.evaluation import syncnet as syncnet_mod
 from ldm.evaluation.clips import ClipError, ClipFrames, match_sources, read_audio
 from ldm.evaluation.evaluate import (
     FIRST_STAGE,
+    FOLLOWS_SPEECH_CORR,
     SHIFT_FRAMES,
     ClipResult,
     Scorers,
     baseline_label,
     evaluate_clip,
+    summarize_row,
 )
 from ldm.evaluation.report import markdown_tables, write_report
 
@@ -42,7 +44,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--pred", nargs="+", required=True, help="generated video(s) or frame folder(s)")
     p.add_argument("--gt", nargs="+", required=True, help="ground truth, one per --pred")
     p.add_argument("--out", default="outputs/evaluation", help="report folder")
-    p.add_argument("--baselines", action="store_true", help="add copy-reference/shifted rows")
+    p.add_argument(
+        "--baselines",
+        action="store_true",
+        help="add copy-reference (as it is and pose-aligned), shifted-truth and truth rows",
+    )
     p.add_argument("--shift-frames", type=int, default=SHIFT_FRAMES, help="shifted-truth offset")
     p.add_argument("--fps", type=float, default=FPS, help="frame rate videos are read at")
     p.add_argument("--max-frames", type=int, help="use at most the first N frames of each clip")
@@ -147,6 +153,19 @@ def read_first_stage(
     return first, pred.limited(len(gt)), gt
 
 
+def warn_not_following(results: list[ClipResult]) -> None:
+    """A WARNING for each method row whose mouth does not follow the speech."""
+    for clip in results:
+        for row in clip.rows:
+            s = summarize_row(row, clip.gt_opening)
+            if s.get("follows_speech") is False:
+                log.warning(
+                    "%s: %s does not follow the speech (mouth-open corr %.3f < %g), whatever "
+                    "its LMD and PSNR say",
+                    clip.name, row.label, s["mouth_corr"], FOLLOWS_SPEECH_CORR,
+                )  # fmt: skip
+
+
 def clip_names(paths: list[str]) -> list[str]:
     """Unique clip names from the truth file names."""
     names = []
@@ -175,13 +194,15 @@ def main(argv: list[str] | None = None) -> int:
     settings = {
         "fps": args.fps, "shift_frames": args.shift_frames, "landmarker": args.landmarker,
         "baselines": args.baselines, "max_frames": args.max_frames,
-        "first_stage_frames": args.first_stage_frames, **status,
+        "first_stage_frames": args.first_stage_frames, "follows_speech_corr": FOLLOWS_SPEECH_CORR,
+        **status,
     }  # fmt: skip
     paths = write_report(results, args.out, settings, notes)
     per_clip, overall = markdown_tables(results)
     log.info("per clip:\n%s\n\noverall:\n%s", per_clip, overall)
     for note in notes:
         log.info("note: %s", note)
+    warn_not_following(results)
     log.info("wrote %s", ", ".join(str(p) for p in paths.values()))
     return 0
 

@@ -17,6 +17,7 @@ import cv2
 import numpy as np
 import pytest
 import soundfile as sf
+import torch
 
 from ldm.app.studio import AppSettings, InputError, RenderRequest, Studio
 from ldm.preprocessing import synthetic
@@ -36,6 +37,7 @@ CHROMIUM_ARGS = [
     "--disable-sync",
 ]
 PORTRAIT_CLIP = SHARED_DATA / "clips" / "vox_00473_224px.mp4"
+ANDREW = SHARED_DATA / "speakers" / "andrew_clip_1.mp4"  # the app's model "was trained" on him
 SPEECH = SHARED_DATA / "audio" / "RD_Radio34_002.wav"
 RENDER_TIMEOUT_MS = 300_000  # two shared CPU cores: generous
 EXTRAS = "pip install -r requirements-app.txt"
@@ -150,16 +152,33 @@ def wait_until_serving(proc: subprocess.Popen, url: str, log: Path, timeout: flo
     pytest.fail(f"no answer from {url} in {timeout:.0f} s:\n{log.read_text()[-3000:]}")
 
 
+def single_speaker_checkpoint(tiny: dict, out: Path) -> Path:
+    """The tiny checkpoint recording one training identity, andrew's face (skips when his clip
+    is absent), as a model trained on him alone would."""
+    from ldm.preprocessing.identity import CHECKPOINT_KEY, Identities, face_describer
+
+    if not ANDREW.is_file():
+        pytest.skip(f"{ANDREW} is absent (the test reads ../shared/data beside the project)")
+    descriptor = face_describer().describe(read_frames(ANDREW, max_frames=1)[0])
+    assert descriptor is not None, f"no face found in {ANDREW}"
+    ckpt = torch.load(tiny["ckpt"], weights_only=True)
+    ckpt[CHECKPOINT_KEY] = Identities(descriptor[None], np.array([1]), np.array([0])).to_entry()
+    torch.save(ckpt, out)
+    return out
+
+
 @pytest.fixture
 def app_url(request, tmp_path):
-    """scripts/app.py with the tiny checkpoint on a free port; stopped after the test."""
+    """scripts/app.py with the tiny checkpoint (recording andrew as its one training identity)
+    on a free port; stopped after the test."""
     if not CHROMIUM.is_file():
         pytest.skip(f"Chromium is not installed ({CHROMIUM}; apt-get install chromium, as .ci/run)")
     pytest.importorskip("gradio", reason=f"the app extras are absent: {EXTRAS}")
     pytest.importorskip("playwright.sync_api", reason=f"Playwright is absent: {EXTRAS}")
     tiny = request.getfixturevalue("tiny")  # built only once the browser test can run
+    ckpt = single_speaker_checkpoint(tiny, tmp_path / "tiny-andrew.ckpt")
     port, log = free_port(), tmp_path / "server.log"
-    cmd = [sys.executable, str(ROOT / "scripts/app.py"), "--ckpt", str(tiny["ckpt"])]
+    cmd = [sys.executable, str(ROOT / "scripts/app.py"), "--ckpt", str(ckpt)]
     cmd += ["--config", str(tiny["config"]), "--port", str(port), "--threads", "1"]
     cmd += ["--outdir", str(tmp_path / "out")]
     env = {**os.environ, "GRADIO_TEMP_DIR": str(tmp_path / "gradio")}
@@ -252,7 +271,8 @@ def check_result_file(result: Path, clip: Path) -> None:
 def test_page_renders_in_chromium(media, chromium, app_url, tmp_path):
     page, requests = chromium
     clip, speech = media
-    assert "tiny.ckpt" in page.inner_text("#status")
+    assert "tiny-andrew.ckpt" in page.inner_text("#status")
+    assert not page.is_visible("#identity-warning")
     page.set_input_files("#portrait-video input[type=file]", str(clip))
     page.fill("#steps input[type=number]", "3")
     page.press("#steps input[type=number]", "Enter")
@@ -271,6 +291,9 @@ def test_page_renders_in_chromium(media, chromium, app_url, tmp_path):
     render_and_wait(page, "#result video[src]")
     check_player(page)
     assert "Rendered 25 frames" in page.inner_text("#done")
+    warning = page.inner_text("#identity-warning")  # the portrait is not andrew
+    assert "Warning: not a face this model knows" in warning, warning
+    assert "trained on 1 person and the portrait is someone else" in warning
     with page.expect_download() as download:
         page.click("#download a")
     result = tmp_path / download.value.suggested_filename

@@ -163,7 +163,9 @@ def test_baselines_rows(synth, landmarker):
         baselines=True, shift=25,
     )  # fmt: skip
     rows = {r.key: summarize_row(r, res.gt_opening) for r in res.rows}
-    assert list(rows) == ["prediction", "copy_reference", "shifted_truth", "truth"]
+    assert list(rows) == [
+        "prediction", "copy_reference", "copy_reference_aligned", "shifted_truth", "truth",
+    ]  # fmt: skip
     assert np.isnan(rows["copy_reference"]["mouth_corr"])
     assert rows["copy_reference"]["opening_mae"] > 0.02
     assert rows["shifted_truth"]["mouth_corr"] < 0.6 and rows["truth"]["mouth_corr"] == 1.0
@@ -255,7 +257,8 @@ def test_first_stage_row(synth, landmarker):
         shift=4, extra_rows=[(FIRST_STAGE, label, gt)],
     )  # fmt: skip
     assert [r.key for r in res.rows] == [
-        "prediction", FIRST_STAGE, "copy_reference", "shifted_truth", "truth",
+        "prediction", FIRST_STAGE, "copy_reference", "copy_reference_aligned", "shifted_truth",
+        "truth",
     ]  # fmt: skip
     assert res.rows[1].label == label and "first stage only" in label
     s = _rows(res)[FIRST_STAGE]

@@ -106,7 +106,7 @@ def test_cli_writes_report_files(tmp_path, synth, synth_video):
     rep = json.loads((out / "report.json").read_text())
     clip = rep["clips"][0]
     assert clip["frames"] == 12 and list(clip["rows"]) == [
-        "prediction", "copy_reference", "shifted_truth", "truth",
+        "prediction", "copy_reference", "copy_reference_aligned", "shifted_truth", "truth",
     ]  # fmt: skip
     pred_sum, truth_sum = clip["rows"]["prediction"]["summary"], clip["rows"]["truth"]["summary"]
     assert 0 < pred_sum["lpips"] < 1e6 and truth_sum["lpips"] == 0.0

@@ -92,6 +92,7 @@ class RenderResult:
     plot: Path | None = None
     summary: str = ""  # markdown
     notes: list[str] = field(default_factory=list)
+    identity_warning: str = ""  # the model was not trained on this face and is not meant for it
 
 
 def find_demo_checkpoint(logs: Path = DEMO_LOGS) -> Path | None:
@@ -288,8 +289,10 @@ class Studio:
         )
         logger.info("rendering %.2f s of speech onto %s: %s", seconds, video or image, opts)
         stage("rendering", 0.05)
-        render_portrait(self.model, job, opts)
+        rendered = render_portrait(self.model, job, opts)
         result = RenderResult(out, n_frames, 0.0)
+        if rendered.identity is not None and rendered.identity.warn:
+            result.identity_warning = rendered.identity.message
         if video is not None and req.audio is None:  # the video drives itself: score it
             stage("scoring the result against the portrait", 0.95)
             report = out.with_name(f"{out.stem}_report")

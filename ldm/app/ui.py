@@ -9,6 +9,7 @@ from typing import Any
 import gradio as gr
 
 from ldm.app.studio import InputError, RenderRequest, Studio
+from ldm.inference.identity import TRAIN_HINT
 from ldm.inference.render import CLIP_REFERENCE_MODES, DEFAULT_STEPS, SAMPLERS
 
 TITLE = "DiffTalk: drive a portrait with speech"
@@ -39,9 +40,18 @@ def optional_path(value: str | None) -> Path | None:
     return Path(value) if value else None
 
 
+def identity_note(warning: str) -> Any:
+    """The identity warning shown beside the result (hidden when there is none)."""
+    if not warning:
+        return gr.update(value="", visible=False)
+    text = html.escape(warning[0].upper() + warning[1:])
+    text = text.replace(html.escape(TRAIN_HINT), f"`{TRAIN_HINT}`")  # the command, as code
+    return gr.update(value=f"**Warning: not a face this model knows.** {text}", visible=True)
+
+
 def run_render(studio: Studio, inputs: tuple, progress: gr.Progress) -> tuple[Any, ...]:
-    """Render one request: (player, download, done line, report, plot) values, or a gr.Error
-    whose message the page shows."""
+    """Render one request: (player, identity warning, download, done line, report, plot)
+    values, or a gr.Error whose message the page shows."""
     video, image, audio, sampler, steps, reference, shared_noise, seed = inputs
     req = RenderRequest(
         video=optional_path(video),
@@ -65,6 +75,7 @@ def run_render(studio: Studio, inputs: tuple, progress: gr.Progress) -> tuple[An
     plot = result.plot
     return (
         str(result.video),
+        identity_note(result.identity_warning),
         str(result.video),
         done,
         report,
@@ -121,7 +132,8 @@ def input_column(studio: Studio) -> tuple[list[gr.components.Component], gr.Butt
 
 
 def output_column() -> list[gr.components.Component]:
-    """Result player, download link and a one-line summary."""
+    """Result player, the identity warning (when the model does not know the face), download
+    link and a one-line summary."""
     result = gr.Video(
         label="Result",
         interactive=False,
@@ -129,9 +141,10 @@ def output_column() -> list[gr.components.Component]:
         buttons=["download"],
         elem_id="result",
     )
+    warning = gr.Markdown(visible=False, elem_id="identity-warning")
     download = gr.File(label="Download the mp4", interactive=False, elem_id="download")
     done = gr.Markdown(elem_id="done")
-    return [result, download, done]
+    return [result, warning, download, done]
 
 
 def evaluation_rows() -> list[gr.components.Component]:

@@ -15,15 +15,18 @@ from ldm.evaluation import landmark_metrics as lm
 from ldm.evaluation.clips import ClipFrames, shift_frames_for, time_shift
 from ldm.evaluation.lpips import LPIPS, lpips_frames
 from ldm.evaluation.metrics import image_metrics, pooled_psnr, region_boxes, sharpness_ratio
+from ldm.evaluation.pose_aligned import mapped_landmarks, pose_transforms, warped_frames
 from ldm.evaluation.syncnet import SyncNet, lse
 from ldm.preprocessing.landmarks import Landmarker
 
 log = logging.getLogger(__name__)
 
 PREDICTION = "prediction"
-BASELINES = ("copy_reference", "shifted_truth", "truth")
+BASELINES = ("copy_reference", "copy_reference_aligned", "shifted_truth", "truth")
 FIRST_STAGE = "first_stage"  # optional row: the truth through the first-stage autoencoder
 SHIFT_FRAMES = int(FPS)  # the "audio shifted by 1 s" baseline
+FOLLOWS_SPEECH_CORR = 0.2  # a render whose mouth-opening corr is below this does not follow
+# the speech, whatever its LMD and PSNR say (a still or blurred mouth can score well on both)
 
 
 @dataclass
@@ -67,6 +70,7 @@ def baseline_label(key: str, shift: int = SHIFT_FRAMES, fps: float = FPS) -> str
         PREDICTION: "prediction",
         FIRST_STAGE: "first stage only (truth encoded + decoded, pasted back)",
         "copy_reference": "baseline: copy reference frame",
+        "copy_reference_aligned": "baseline: copy reference frame, pose-aligned",
         "shifted_truth": f"baseline: truth shifted {shift} frames ({shift / fps:g} s)",
         "truth": "truth itself (upper bound)",
     }[key]
@@ -106,13 +110,17 @@ def score_row(
 def baseline_candidates(
     gt: ClipFrames, gt_lms: np.ndarray, shift: int, fps: float
 ) -> list[tuple[str, str, Frames, np.ndarray]]:
-    """Copy-reference, shifted-truth and truth rows; their landmarks are the truth's, as their
-    frames are the truth's frames."""
+    """Copy-reference (as it is, and warped onto each frame's head pose), shifted-truth and
+    truth rows; their landmarks are the truth's (the aligned copy's: the first frame's, moved by
+    the same warp), as their frames are the truth's frames."""
     n, first = len(gt_lms), gt.first()
     ref_lms = np.broadcast_to(gt_lms[0], gt_lms.shape)
+    poses = pose_transforms(gt_lms[0], gt_lms)  # (T, 2, 3)
     return [
         ("copy_reference", baseline_label("copy_reference", shift, fps),
          lambda: itertools.repeat(first, n), ref_lms),
+        ("copy_reference_aligned", baseline_label("copy_reference_aligned", shift, fps),
+         lambda: warped_frames(first, poses), mapped_landmarks(gt_lms[0], poses)),
         ("shifted_truth", baseline_label("shifted_truth", shift, fps),
          lambda: itertools.chain(gt.frames(shift), itertools.islice(gt.frames(), shift)),
          time_shift(gt_lms, shift)),
@@ -199,17 +207,31 @@ def _pooled(per: dict[str, np.ndarray]) -> dict[str, float]:
     return out
 
 
-def summarize_row(row: Row, gt_opening: np.ndarray) -> dict[str, float]:
-    """Clip-level numbers of one row."""
+def follows_speech(corr: float, gt_opening: np.ndarray) -> bool | None:
+    """Whether a render's mouth follows the speech: its mouth-opening corr reaches
+    FOLLOWS_SPEECH_CORR. An undefined corr (a mouth that never moves, or no face found) does
+    not follow a truth whose mouth moves; None when the truth's does not (nothing to follow)."""
+    if np.isfinite(corr):
+        return bool(corr >= FOLLOWS_SPEECH_CORR)
+    ok = np.isfinite(gt_opening)
+    if ok.sum() >= lm.MIN_CORR_FRAMES and np.ptp(gt_opening[ok]) > lm.CONSTANT_SPREAD:
+        return False
+    return None
+
+
+def summarize_row(row: Row, gt_opening: np.ndarray) -> dict[str, float | bool | None]:
+    """Clip-level numbers of one row; methods (not the baselines) also get ``follows_speech``."""
     out = _pooled(row.per_frame)
     out["mouth_corr"] = lm.correlation(row.per_frame["opening"], gt_opening)
     err = np.abs(row.per_frame["opening"] - gt_opening)
     out["opening_mae"] = float(np.nanmean(err)) if np.isfinite(err).any() else float("nan")
     out.update(row.scores)
+    if row.key not in BASELINES:
+        out["follows_speech"] = follows_speech(out["mouth_corr"], gt_opening)
     return out
 
 
-def summarize_overall(clips: list[ClipResult]) -> dict[str, dict[str, float]]:
+def summarize_overall(clips: list[ClipResult]) -> dict[str, dict[str, float | bool | None]]:
     """Per row key: frames pooled over clips, correlation and SyncNet scores averaged over clips."""
     out = {}
     for key in dict.fromkeys(r.key for c in clips for r in c.rows):
@@ -224,5 +246,16 @@ def summarize_overall(clips: list[ClipResult]) -> dict[str, dict[str, float]]:
         for name in ("mouth_corr", "opening_mae", "lse_d", "lse_c"):
             vals = np.array([s.get(name, np.nan) for s in clip_sums], np.float64)
             summary[name] = float(np.nanmean(vals)) if np.isfinite(vals).any() else float("nan")
+        if key not in BASELINES:
+            verdicts = [s["follows_speech"] for s in clip_sums]
+            summary["follows_speech"] = overall_follows(summary["mouth_corr"], verdicts)
         out[key] = summary
     return out
+
+
+def overall_follows(mean_corr: float, verdicts: list[bool | None]) -> bool | None:
+    """``follows_speech`` over clips: from the clips' mean corr, else False if any clip does not
+    follow, else None."""
+    if np.isfinite(mean_corr):
+        return bool(mean_corr >= FOLLOWS_SPEECH_CORR)
+    return False if False in verdicts else None

@@ -13,6 +13,7 @@ INNER_LIP_PAIRS = ((61, 67), (62, 66), (63, 65))  # (upper, lower) inner-lip poi
 LEFT_EYE, RIGHT_EYE = np.r_[36:42], np.r_[42:48]
 OUTER_EYE_CORNERS = (36, 45)  # inter-ocular distance, as in the 300-W normalisation
 MIN_CORR_FRAMES = 3
+CONSTANT_SPREAD = 1e-9  # a series varying less than this is constant (float rounding, not motion)
 
 
 def valid_frames(lms: np.ndarray) -> np.ndarray:
@@ -78,12 +79,14 @@ def mouth_opening(lms: np.ndarray) -> np.ndarray:
 
 
 def correlation(a: np.ndarray, b: np.ndarray) -> float:
-    """Pearson correlation over frames where both are finite; NaN if fewer than 3 or constant."""
+    """Pearson correlation over frames where both are finite; NaN if fewer than 3 or constant
+    (within CONSTANT_SPREAD: a still mouth moved by a similarity keeps its opening, but for
+    rounding)."""
     a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
     ok = np.isfinite(a) & np.isfinite(b)
     if ok.sum() < MIN_CORR_FRAMES:
         return float("nan")
-    if np.ptp(a[ok]) == 0 or np.ptp(b[ok]) == 0:
+    if np.ptp(a[ok]) <= CONSTANT_SPREAD or np.ptp(b[ok]) <= CONSTANT_SPREAD:
         return float("nan")
     x, y = a[ok] - a[ok].mean(), b[ok] - b[ok].mean()
     return float(np.clip(np.sum(x * y) / np.sqrt(np.sum(x * x) * np.sum(y * y)), -1.0, 1.0))

@@ -13,6 +13,7 @@ import numpy as np
 from ldm.data.layout import FPS
 from ldm.evaluation.evaluate import (
     BASELINES,
+    FOLLOWS_SPEECH_CORR,
     PREDICTION,
     ClipResult,
     summarize_overall,
@@ -61,14 +62,23 @@ DEFINITIONS = (
     "n/a = undefined (a constant series). open err: mean absolute gap difference, same units.",
     "Frames without a detected face are left out of the landmark metrics and counted in 'no face'.",
     "Baselines: 'copy reference frame' repeats the truth's first frame (DiffTalk's reference) "
-    "and has no lip motion; 'truth shifted' is the truth moved circularly in time, the image "
+    "and has no lip motion; 'copy reference frame, pose-aligned' warps that frame onto each "
+    "frame's head pose (the similarity mapping its nose and eye landmarks, iBUG 27-47, onto the "
+    "frame's; its landmarks are the first frame's moved alike, so its LMD equals the plain "
+    "copy's: LMD aligns the faces itself), a still reference where the truth's face is; "
+    "'truth shifted' is the truth moved circularly in time, the image "
     "and landmark counterpart of 'ground truth with audio shifted by 1 s' (right person, wrong "
     "timing; for LSE it pairs those frames with the unshifted audio); 'truth itself' is the "
     "upper bound.",
     "'first stage only' (when given): the truth encoded and decoded by the first-stage "
     "autoencoder and pasted back into the frame like the prediction: the best a renderer "
     "can do through that autoencoder.",
+    f"'does not follow the speech': a method (not a baseline) whose mouth-open corr is below "
+    f"{FOLLOWS_SPEECH_CORR:g}, or undefined while the truth's mouth moves (a still mouth, or no "
+    "face found), whatever its LMD and PSNR say: a blurred or still mouth can score well on "
+    "both. report.json: follows_speech true/false (null: the truth's mouth does not move).",
 )
+NOT_FOLLOWING = "does not follow the speech"
 
 
 def _fmt(value: float | None, spec: str) -> str:
@@ -86,18 +96,37 @@ def _columns(clips: list[ClipResult]) -> list[tuple[str, str, str]]:
     return [col for col in COLUMNS if col[0] not in ("lpips", "lse_d", "lse_c") or col[0] in have]
 
 
+def verdict(label: str, summary: dict) -> str:
+    """A method cell: the row's label, marked when it does not follow the speech."""
+    return f"{label} **({NOT_FOLLOWING})**" if summary.get("follows_speech") is False else label
+
+
+def verdict_line(summaries: list[dict]) -> list[str]:
+    """The line under a table that has marked rows (none otherwise)."""
+    n = sum(s.get("follows_speech") is False for s in summaries)
+    if not n:
+        return []
+    return [
+        "",
+        f"**{n} row(s) {NOT_FOLLOWING}**: mouth-open corr below {FOLLOWS_SPEECH_CORR:g} (or "
+        "undefined: a still mouth, or no face), whatever their LMD and PSNR say.",
+    ]
+
+
 def markdown_tables(clips: list[ClipResult]) -> tuple[str, str]:
-    """(per-clip table, overall table) in GitHub markdown."""
+    """(per-clip table, overall table) in GitHub markdown; methods whose mouth does not follow
+    the speech are marked, with a line under the table."""
     cols = _columns(clips)
     head = "| clip | method | " + " | ".join(c[1] for c in cols) + " | frames | no face |"
     rule = "|" + "---|" * (len(cols) + 4)
-    lines = [head, rule]
+    lines, sums = [head, rule], []
     for c in clips:
         for r in c.rows:
             s = summarize_row(r, c.gt_opening)
+            sums.append(s)
             cells = [_fmt(s.get(k), f) for k, _, f in cols]
             tail = f" | {c.n_frames} | {r.n_noface}/{c.n_noface_gt} |"
-            lines.append(f"| {c.name} | {r.label} | " + " | ".join(cells) + tail)
+            lines.append(f"| {c.name} | {verdict(r.label, s)} | " + " | ".join(cells) + tail)
     overall = summarize_overall(clips)
     n = sum(c.n_frames for c in clips)
     o_lines = [head.replace("| clip ", "| clips "), rule]
@@ -107,8 +136,12 @@ def markdown_tables(clips: list[ClipResult]) -> tuple[str, str]:
         nf = sum(r.n_noface for c in clips for r in c.rows if r.key == key)
         gf = sum(c.n_noface_gt for c in clips)
         o_lines.append(
-            f"| {len(clips)} | {labels[key]} | " + " | ".join(cells) + f" | {n} | {nf}/{gf} |"
+            f"| {len(clips)} | {verdict(labels[key], s)} | "
+            + " | ".join(cells)
+            + f" | {n} | {nf}/{gf} |"
         )
+    lines += verdict_line(sums)
+    o_lines += verdict_line(list(overall.values()))
     return "\n".join(lines), "\n".join(o_lines)
 
 
@@ -194,7 +227,10 @@ def plot_clip(clip: ClipResult, path: Path, fps: float = FPS) -> Path:
             continue
         lw, ls = 1.6 if r.key == PREDICTION else 1.0, "--" if r.key in BASELINES else "-"
         style = {"color": f"C{i}", "lw": lw, "ls": ls}
-        ax1.plot(t, r.per_frame["opening"], label=r.label, **style)
+        label = r.label
+        if summarize_row(r, clip.gt_opening).get("follows_speech") is False:
+            label = f"{r.label} ({NOT_FOLLOWING})"
+        ax1.plot(t, r.per_frame["opening"], label=label, **style)
         whole = psnr_from_mse(r.per_frame["mse"])
         mouth = psnr_from_mse(r.per_frame["mse_mouth"])
         ax2.plot(t, np.where(np.isinf(whole), np.nan, whole), label=f"{r.label}: frame", **style)

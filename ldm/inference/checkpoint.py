@@ -9,7 +9,9 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from ldm.util import instantiate_from_config, load_state_dict_file
+from ldm.models.diffusion.identities import checkpoint_identities
+from ldm.preprocessing.identity import Identities
+from ldm.util import instantiate_from_config, load_checkpoint_file, state_dict_of
 
 logger = logging.getLogger(__name__)
 
@@ -102,7 +104,8 @@ def load_model(
             "logs/<run>/checkpoints/last.ckpt)"
         )
     try:
-        state_dict = load_state_dict_file(ckpt)
+        raw = load_checkpoint_file(ckpt)
+        state_dict = state_dict_of(raw, ckpt)
     except Exception as exc:  # corrupt or not a torch file
         raise CheckpointError(f"{ckpt}: cannot be read as a torch checkpoint ({exc})") from exc
     config = OmegaConf.create(OmegaConf.to_container(config, resolve=True))
@@ -128,4 +131,25 @@ def load_model(
         raise CheckpointError(f"{ckpt} does not fit the config: {problems}")
     model.load_state_dict(state_dict, strict=True)
     logger.info("loaded %s (%d tensors)", ckpt, len(state_dict))
+    model.identities = read_identities(raw, ckpt)
     return model.eval().requires_grad_(False).to(device)
+
+
+def read_identities(raw: object, ckpt: str) -> Identities | None:
+    """The training identities a checkpoint records (logged), or None for one saved before they
+    were recorded; CheckpointError when the entry is malformed."""
+    try:
+        identities = checkpoint_identities(raw, ckpt)
+    except ValueError as exc:
+        raise CheckpointError(str(exc)) from exc
+    if identities is None:
+        logger.info(
+            "%s records no training identities (saved before they were kept): portraits are not "
+            "compared with the faces it was trained on", ckpt
+        )  # fmt: skip
+    else:
+        logger.info(
+            "trained on %d person(s) in %d video(s) with a face",
+            identities.n_persons, len(identities.videos),
+        )  # fmt: skip
+    return identities

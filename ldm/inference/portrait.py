@@ -15,6 +15,7 @@ from PIL import Image, ImageOps
 
 from ldm.data.layout import FPS, SAMPLE_RATE
 from ldm.inference.clip import PortraitClip, PortraitItems, driving_audio, frame_indices
+from ldm.inference.identity import IdentityCheck, check_portrait
 from ldm.inference.paste import paste_face, paste_mask
 from ldm.inference.render import Renderer, RenderOptions
 from ldm.inference.source import SourceFrames
@@ -58,6 +59,15 @@ class PortraitJob:
     def __post_init__(self) -> None:
         if (self.video is None) == (self.image is None):
             raise ValueError("give exactly one portrait: a video or an image")
+
+
+@dataclass
+class PortraitResult:
+    """What ``render_portrait`` made: the mp4 and how the portrait's face compares with the
+    faces the model was trained on (None for renders that do not sample)."""
+
+    out: Path
+    identity: IdentityCheck | None = None
 
 
 def read_photo(path: Path) -> np.ndarray:
@@ -138,13 +148,32 @@ def load_speech(job: PortraitJob, model: torch.nn.Module) -> SmoothedWindows:
     return audio
 
 
+def source_landmarks(clip: PortraitClip, frame: int) -> np.ndarray:
+    """(68, 2) landmarks of a 0-based frame in source-frame pixels (from its crop's)."""
+    x0, y0, side = clip.box(frame)
+    return clip.landmarks(frame) * (side / clip.meta.size) + np.array([x0, y0], np.float32)
+
+
+def identity_check(
+    model: torch.nn.Module, clip: PortraitClip, source: Sequence[np.ndarray], opts: RenderOptions
+) -> IdentityCheck | None:
+    """Compare the portrait's reference frame (its first) with the model's training identities
+    (logged; a WARNING for a model of few speakers driving someone else). None when nothing is
+    sampled (first stage only)."""
+    if opts.first_stage_only:
+        return None
+    identities = getattr(model, "identities", None)
+    return check_portrait(identities, np.asarray(source[0]), source_landmarks(clip, 0))
+
+
 def render_portrait(
     model: torch.nn.Module, job: PortraitJob, opts: RenderOptions,
     renderer_class: type[Renderer] = Renderer,
-) -> Path:  # fmt: skip
-    """Render ``job.out`` (mp4 with the driving audio) chunk by chunk; returns its path. A run
-    killed before the end resumes from its last finished chunk when started again.
-    ``renderer_class`` makes the frames (a benchmark's baseline: benchmarks/bank_paste.py)."""
+) -> PortraitResult:  # fmt: skip
+    """Render ``job.out`` (mp4 with the driving audio) chunk by chunk, after checking the
+    portrait's face against the model's training identities. A run killed before the end
+    resumes from its last finished chunk when started again. ``renderer_class`` makes the
+    frames (a benchmark's baseline: benchmarks/bank_paste.py)."""
     audio = load_speech(job, model)
     n_out, size, out = len(audio), model.frame_size, Path(job.out)
     with tempfile.TemporaryDirectory(prefix="difftalk-portrait-") as tmp:
@@ -152,6 +181,7 @@ def render_portrait(
         video, photo = portrait_source(job, work)
         clip = preprocess_portrait(video, work / "clip", size, n_out, job, opts.progress)
         source = photo or SourceFrames(video, clip.n_frames, FPS)
+        identity = identity_check(model, clip, source, opts)
         indices = frame_indices(clip.n_frames, n_out, job.loop)
         if clip.n_frames < n_out:
             logger.info(
@@ -165,4 +195,6 @@ def render_portrait(
         render_chunks(renderer_class(model, opts), items, items.reference(), store, emit)
     store.finish([job.audio])
     logger.info("wrote %s (%d frames)", out, n_out)
-    return out
+    if identity is not None and identity.warn:  # again, after the render's progress lines
+        identity.log()
+    return PortraitResult(out, identity)

@@ -22,18 +22,24 @@ class LandmarkerError(RuntimeError):
     """A landmark backend is unavailable; the message says how to provide it."""
 
 
-def dlib_predictor_path() -> Path:
-    """Locate dlib's 68-point predictor inside the face_recognition_models package (no import)."""
+def face_models_file(name: str) -> Path:
+    """Locate a dlib model file shipped in the face_recognition_models package (found, not
+    imported: importing it needs pkg_resources)."""
     spec = importlib.util.find_spec("face_recognition_models")
     if spec is None or not spec.submodule_search_locations:
         raise LandmarkerError(
-            "dlib landmarks need the package 'face-recognition-models' "
+            f"dlib's {name} comes with the package 'face-recognition-models' "
             "(pip install face-recognition-models dlib-bin)"
         )
-    path = Path(spec.submodule_search_locations[0]) / "models" / DLIB_PREDICTOR
+    path = Path(spec.submodule_search_locations[0]) / "models" / name
     if not path.is_file():
         raise LandmarkerError(f"{path} is missing; reinstall face-recognition-models")
     return path
+
+
+def dlib_predictor_path() -> Path:
+    """Locate dlib's 68-point predictor inside the face_recognition_models package (no import)."""
+    return face_models_file(DLIB_PREDICTOR)
 
 
 class Landmarker:

@@ -16,6 +16,7 @@ from ldm.geometry import N_MOUTH
 from ldm.models.diffusion import mouth_window as mw
 from ldm.models.diffusion.ddim import DDIMSampler
 from ldm.models.diffusion.gaussian import DDPM
+from ldm.models.diffusion.identities import checkpoint_identities, training_identities
 from ldm.models.diffusion.latent_cache import FirstStageCache
 from ldm.models.diffusion.reference_align import align_references, match_colours
 from ldm.models.diffusion.sizes import check_sizes
@@ -24,7 +25,8 @@ from ldm.modules.diffusionmodules.util import extract_into_tensor
 from ldm.modules.distributions import DiagonalGaussianDistribution
 from ldm.modules.encoders.modules import encode_audio
 from ldm.modules.encoders.mouth import fit_on_dataset, mouth_heatmaps
-from ldm.util import instantiate_from_config, load_state_dict_file
+from ldm.preprocessing.identity import CHECKPOINT_KEY, Identities
+from ldm.util import instantiate_from_config, load_checkpoint_file, state_dict_of
 
 logger = logging.getLogger(__name__)
 
@@ -106,6 +108,10 @@ class LatentDiffusion(DDPM):
             channels=self.channels,
             sketch_channels=N_MOUTH if mouth_sketch else 0,
         )
+        # the faces it was trained on (ldm/models/diffusion/identities.py): checkpoint entry,
+        # not state dict; recorded once a run starts training (a resumed run has them)
+        self.identities: Identities | None = None
+        self.identities_recorded = False
         if ckpt_path is not None:
             self.init_from_ckpt(ckpt_path, ignore_keys)
 
@@ -129,8 +135,11 @@ class LatentDiffusion(DDPM):
         return audio.feature_dim
 
     def init_from_ckpt(self, path: str | Path, ignore_keys: tuple[str, ...] = ()) -> None:
-        """Load a DiffTalk checkpoint non-strictly (as ``--resume2`` did), logging what differs."""
-        sd = load_state_dict_file(path)
+        """Load a DiffTalk checkpoint non-strictly (as ``--resume2`` did), logging what differs;
+        its identities are kept, and this run's training ones join them."""
+        ckpt = load_checkpoint_file(path)
+        self.identities = checkpoint_identities(ckpt, path)
+        sd = state_dict_of(ckpt, path)
         sd = {k: v for k, v in sd.items() if not k.startswith(tuple(ignore_keys))}
         missing, unexpected = self.load_state_dict(sd, strict=False)
         self.scale_measured = True
@@ -139,9 +148,23 @@ class LatentDiffusion(DDPM):
         )
 
     def on_fit_start(self) -> None:
-        """Fit the MouthPredictor on the training frames once (a resumed run has its fit)."""
+        """Fit the MouthPredictor on the training frames and record their identities, once (a
+        resumed run has both)."""
         if self.mouth_model is not None and not bool(self.mouth_model.fitted):
             fit_on_dataset(self.mouth_model, self.trainer.datamodule.datasets["train"])
+        if not self.identities_recorded:
+            self.identities = training_identities(self.trainer, self.identities)
+            self.identities_recorded = True
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Keep the training identities in the checkpoint, outside the state dict."""
+        if self.identities is not None:
+            checkpoint[CHECKPOINT_KEY] = self.identities.to_entry()
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Restore the training identities of a resumed run (None in older checkpoints)."""
+        self.identities = checkpoint_identities(checkpoint, "the resumed checkpoint")
+        self.identities_recorded = self.identities is not None
 
     @torch.no_grad()
     def on_train_batch_start(self, batch: dict[str, Any], batch_idx: int) -> None:
