@@ -118,6 +118,20 @@ def test_ema_warms_up_and_swaps_in_and_out(original_vectors):
     torch.testing.assert_close(param.detach(), before + 1.0)
 
 
+def test_ema_swaps_into_a_model_frozen_for_inference(original_vectors):
+    """load_model freezes every parameter; the EMA weights must still be the ones rendering."""
+    model = make_ddpm(original_vectors["unet"]["config"])
+    param = model.model.diffusion_model.time_embed[0].weight
+    with torch.no_grad():
+        param.add_(1.0)
+    model.update_ema()
+    shadow = model.model_ema.diffusion_modeltime_embed0weight.clone()
+    model.requires_grad_(False)
+    with model.ema_scope():
+        torch.testing.assert_close(param.detach(), shadow)
+    assert not torch.allclose(param.detach(), shadow)
+
+
 def test_options_nothing_honours_are_clear_errors(original_vectors):
     with pytest.raises(ValueError, match="parameterization must be one of"):
         make_ddpm(original_vectors["unet"]["config"], parameterization="x0")

@@ -40,10 +40,11 @@ class LitEma(nn.Module):
 
     @torch.no_grad()
     def copy_to(self, model: nn.Module) -> None:
-        """Write the shadow weights into ``model``."""
+        """Write the shadow weights into ``model`` (every parameter that has one, whether or not
+        it requires grad now: a model loaded for inference has all of them frozen)."""
         shadow = dict(self.named_buffers())
         for name, p in model.named_parameters():
-            if p.requires_grad:
+            if name in self.m_name2s_name:
                 p.copy_(shadow[self.m_name2s_name[name]])
 
     def store(self, parameters) -> None:
