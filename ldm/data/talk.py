@@ -198,10 +198,34 @@ class TalkBase(Dataset):
         return sample_reference_frame(self.frame_counts[vid], frame, self.reference_margin)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
-        vid, frame = (int(v) for v in self.keys[index])
+        frame = int(self.keys[index][1])
         ref = self._draw_reference(index) if self.resample_reference else self.references[index]
         if self.self_reference and random.random() < self.self_reference:
             ref = frame
+        return self.pair_item(index, int(ref))
+
+    def reference_pairs(self) -> list[tuple[int, int]]:
+        """Every (index, reference frame) pair ``__getitem__`` can return (what a latent cache
+        filled up front encodes): the drawn reference, or with ``resample_reference`` every
+        mouth-matched candidate, and the frame itself with ``self_reference``."""
+        pairs = []
+        for index, (_, frame) in enumerate(self.keys):
+            refs = {int(self.references[index])}
+            if self.resample_reference:
+                if self.candidates is None:
+                    raise ValueError(
+                        "resample_reference draws from the whole clip: its pairs are not listed; "
+                        "use reference_choice 'mouth' (a few candidates) or no resampling"
+                    )
+                refs = {int(r) for r in self.candidates[index]}
+            if self.self_reference:
+                refs.add(int(frame))
+            pairs += [(index, r) for r in sorted(refs)]
+        return pairs
+
+    def pair_item(self, index: int, ref: int) -> dict[str, Any]:
+        """The item of key ``index`` with reference frame ``ref``."""
+        vid, frame = (int(v) for v in self.keys[index])
         key, ref_key = format_key(vid, frame), format_key(vid, ref)
         image, scale = load_image(self.root / "images" / f"{key}.jpg", self.size)
         reference, _ = load_image(self.root / "images" / f"{ref_key}.jpg", self.size)

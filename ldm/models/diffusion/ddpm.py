@@ -9,7 +9,6 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from einops import rearrange
 from torch import nn
 
 from ldm.geometry import N_MOUTH
@@ -18,11 +17,10 @@ from ldm.models.diffusion.ddim import DDIMSampler
 from ldm.models.diffusion.gaussian import DDPM
 from ldm.models.diffusion.identities import checkpoint_identities, training_identities
 from ldm.models.diffusion.latent_cache import FirstStageCache
-from ldm.models.diffusion.reference_align import align_references, match_colours
+from ldm.models.diffusion.latents import FirstStageLatents, to_bchw
 from ldm.models.diffusion.sizes import check_sizes
 from ldm.models.diffusion.wrapper import Cond, DiffusionWrapper
 from ldm.modules.diffusionmodules.util import extract_into_tensor
-from ldm.modules.distributions import DiagonalGaussianDistribution
 from ldm.modules.encoders.modules import encode_audio
 from ldm.modules.encoders.mouth import fit_on_dataset, mouth_heatmaps
 from ldm.preprocessing.identity import CHECKPOINT_KEY, Identities
@@ -30,11 +28,10 @@ from ldm.util import instantiate_from_config, load_checkpoint_file, state_dict_o
 
 logger = logging.getLogger(__name__)
 
-REFERENCE_KEY = 2**20  # cache key of an aligned reference: target frame x 2**20 + reference frame
 SAMPLE_SEED = 0  # log_images' fixed noise: successive grids compare; training RNG untouched
 
 
-class LatentDiffusion(DDPM):
+class LatentDiffusion(FirstStageLatents, DDPM):
     """DiffTalk: diffusion in a frozen first stage's latent space, conditioned on audio,
     landmarks, a masked target frame and a reference frame.
 
@@ -54,6 +51,8 @@ class LatentDiffusion(DDPM):
         scale_condition_latents: bool = False,  # original: masked/reference latents unscaled
         mask_loss_weight: float = 1.0,  # original: 1 (uniform); >1 weights the masked region
         cache_first_stage: bool = False,  # keep latents of training frames (small datasets)
+        fill_cache: bool = False,  # and encode them all before the first step (False: as the
+        # first epochs meet them; ldm/models/diffusion/latents.py)
         scale_by_std: bool = False,  # LDM: scale_factor = 1 / std of the first batch's latents
         align_reference: bool = False,  # warp the reference onto the target's head pose
         # (original: as it is; ldm/models/diffusion/reference_align.py)
@@ -79,6 +78,9 @@ class LatentDiffusion(DDPM):
         self.scale_condition_latents = scale_condition_latents
         self.mask_loss_weight = mask_loss_weight
         self.latent_cache = FirstStageCache() if cache_first_stage else None
+        if fill_cache and not cache_first_stage:
+            raise ValueError("model.params.fill_cache needs cache_first_stage")
+        self.fill_cache = fill_cache
         if mouth_window is not None and not 0 < mouth_window <= self.image_size:
             raise ValueError(
                 f"model.params.mouth_window {mouth_window} must be within the latent size "
@@ -149,12 +151,14 @@ class LatentDiffusion(DDPM):
 
     def on_fit_start(self) -> None:
         """Fit the MouthPredictor on the training frames and record their identities, once (a
-        resumed run has both)."""
+        resumed run has both); with ``fill_cache``, encode the training latents."""
         if self.mouth_model is not None and not bool(self.mouth_model.fitted):
             fit_on_dataset(self.mouth_model, self.trainer.datamodule.datasets["train"])
         if not self.identities_recorded:
             self.identities = training_identities(self.trainer, self.identities)
             self.identities_recorded = True
+        if self.fill_cache:
+            self.fill_latent_cache(self.trainer.datamodule.datasets["train"])
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Keep the training identities in the checkpoint, outside the state dict."""
@@ -183,59 +187,6 @@ class LatentDiffusion(DDPM):
         super().train(mode)
         self.first_stage_model.eval()
         return self
-
-    @torch.no_grad()
-    def encode_first_stage(self, x: torch.Tensor) -> torch.Tensor:
-        """Image (B, 3, H, W) in [-1, 1] -> unscaled latent (B, C, h, w) (VQ: pre-quantisation)."""
-        out = self.first_stage_model.encode(x)
-        return out.mode() if isinstance(out, DiagonalGaussianDistribution) else out  # KL: mean
-
-    def decode_first_stage(self, z: torch.Tensor) -> torch.Tensor:
-        """Scaled latent (B, C, h, w) -> image (B, 3, H, W); call under no_grad when sampling."""
-        return self.first_stage_model.decode(z / self.scale_factor)
-
-    def encode_batch_images(self, images: torch.Tensor) -> torch.Tensor:
-        """Batch images (B, H, W, 3) in [-1, 1] -> unscaled latents (B, C, h, w) on our device."""
-        return self.encode_first_stage(to_bchw(images).to(self.device))
-
-    def encode_frames(self, batch: dict[str, Any], key: str, frame_key: str) -> torch.Tensor:
-        """Latents of ``batch[key]``; from the cache for training batches when it is on."""
-        if self.latent_cache is None or not self.training:
-            return self.encode_batch_images(batch[key])
-        kind = "image_mask" if key == "image_mask" else "image"  # a reference is a plain frame
-        return self.latent_cache.encode(
-            lambda idx: self.encode_batch_images(batch[key][idx]),
-            batch["video_id"],
-            batch[frame_key],
-            kind,
-            self.device,
-        )
-
-    def reference_latents(self, batch: dict[str, Any]) -> torch.Tensor:
-        """Unscaled latents of the batch's references, pose-aligned with ``align_reference``.
-
-        An aligned reference depends on its target too, so the cache keys it by both frames.
-        """
-        if not self.align_reference:
-            return self.encode_frames(batch, "reference_img", "reference_frame")
-
-        def encode(idx: torch.Tensor) -> torch.Tensor:
-            ref = to_bchw(batch["reference_img"][idx]).to(self.device)
-            ref_lms, lms = (
-                batch[k][idx].to(self.device) for k in ("reference_landmarks", "landmarks")
-            )
-            ref = align_references(ref, ref_lms, lms)
-            if self.match_reference_colours:
-                target = to_bchw(batch["image_mask"][idx]).to(self.device)
-                ref = match_colours(ref, target, lms)
-            return self.encode_first_stage(ref)
-
-        if self.latent_cache is None or not self.training:
-            return encode(torch.arange(len(batch["landmarks"])))
-        pair = batch["frame"] * REFERENCE_KEY + batch["reference_frame"]  # frames < 2**20
-        return self.latent_cache.encode(
-            encode, batch["video_id"], pair, "aligned_reference", self.device
-        )
 
     @property
     def condition_scale(self) -> float:
@@ -386,11 +337,6 @@ class LatentDiffusion(DDPM):
         )
         params = [p for m in encoders if m is not None for p in m.parameters() if p.requires_grad]
         return super().trainable_parameters() + params
-
-
-def to_bchw(images: torch.Tensor) -> torch.Tensor:
-    """LDM batch layout (B, H, W, C) -> contiguous float (B, C, H, W)."""
-    return rearrange(images, "b h w c -> b c h w").contiguous().float()
 
 
 def latent_known_mask(inpaint_mask: torch.Tensor, latent_size: tuple[int, int]) -> torch.Tensor:
