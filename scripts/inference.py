@@ -122,8 +122,17 @@ def render_options(args: argparse.Namespace) -> RenderOptions:
         batch_size=args.batch_size,
         seed=args.seed,
         first_stage_only=args.first_stage_only,
+        reference_speech=own_speech(args),
         progress=sys.stderr.isatty(),
     )
+
+
+def own_speech(args: argparse.Namespace) -> bool:
+    """Whether the driving speech is the portrait's own (the video drives itself) or, in split
+    mode, each clip's own audio: then its reference frame's speech is known."""
+    if args.split is not None:
+        return args.audio_id is None
+    return args.video is not None and args.video.resolve() == args.audio.resolve()
 
 
 def run(args: argparse.Namespace) -> None:

@@ -64,6 +64,41 @@ def test_ridge_fit_recovers_a_linear_audio_to_mouth_map_on_held_out_windows(n_tr
         assert model(audio[:n_train]).sub(codes[:n_train]).norm() < 1e-2 * codes.norm()
 
 
+def speaker_clips(n_speakers: int, n: int = 60, seed: int = 0) -> list[tuple]:
+    """(audio, mouth, upper) of clips of one face geometry whose mouths differ by a per-speaker
+    offset (the person) plus a shared linear function of the audio (the speech)."""
+    g = torch.Generator().manual_seed(seed)
+    upper, mouth = faces(1)
+    motion = torch.randn(24, 40, generator=g) * 0.2
+    clips = []
+    for _ in range(n_speakers):
+        offset = torch.randn(20, 2, generator=g) * 3.0
+        audio = torch.randn(n, 8, 4, 6, generator=g)
+        moved = mouth + offset + (audio[:, 4].flatten(1) @ motion).view(n, 20, 2)
+        clips.append((audio, moved, upper.expand(n, -1, -1)))
+    return clips
+
+
+def test_a_per_speaker_fit_takes_a_new_faces_mean_mouth_from_its_reference_frame():
+    *train, (audio, mouth, upper) = speaker_clips(6)
+    args = dict(feature_dim=6, win_size=4, smooth=0, ridge=1e-3, components=40, calibrate=0.0)
+    pooled, per = MouthPredictor(**args), MouthPredictor(per_speaker=True, **args)
+    data = [torch.cat(x) for x in zip(*train, strict=True)]
+    videos = torch.arange(len(train)).repeat_interleave(len(audio))
+    pooled.fit(*data)
+    per.fit(*data, videos=videos)
+    truth = per.code(mouth, upper)
+    reference = per.code(mouth[:1], upper[:1])[0]  # the new face's first frame
+    with_speech = per(audio) + per.person_offset(reference, audio[0])
+    at_rest = per(audio) + per.person_offset(reference)  # its speech unknown: taken at rest
+    err = {name: (pred - truth).norm() for name, pred in
+           (("pooled", pooled(audio)), ("speech", with_speech), ("rest", at_rest))}  # fmt: skip
+    assert err["speech"] < 0.03 * err["pooled"]  # the offset and the motion both right
+    assert err["speech"] < err["rest"] < err["pooled"]
+    with pytest.raises(ValueError, match="video ids"):
+        MouthPredictor(per_speaker=True, **args).fit(*data)
+
+
 def test_ridge_shrinks_towards_the_mean_shape_and_the_fit_is_in_the_state_dict():
     torch.manual_seed(0)
     audio, codes = torch.randn(200, 8, 4, 3), torch.randn(200, 40)

@@ -235,6 +235,7 @@ class TalkBase(Dataset):
         item |= {
             "reference_img": reference,
             "reference_landmarks": ref_lms[list(UPPER_FACE_LANDMARKS)] / scale,  # the reference's
+            "reference_mouth_landmarks": (ref_lms[list(MOUTH)] / scale).astype(np.float32),
             "mouth_landmarks": lms[list(MOUTH)] / scale,  # (20, 2): read by a MouthPredictor
             "video_id": vid,
             "frame": frame,

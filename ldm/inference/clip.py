@@ -10,7 +10,14 @@ from typing import Any
 
 import numpy as np
 
-from ldm.data.layout import FPS, SAMPLE_RATE, UPPER_FACE_LANDMARKS, format_key, read_landmarks_file
+from ldm.data.layout import (
+    FPS,
+    MOUTH,
+    SAMPLE_RATE,
+    UPPER_FACE_LANDMARKS,
+    format_key,
+    read_landmarks_file,
+)
 from ldm.data.talk import (
     INFERENCE_MASK_LANDMARK,
     frame_item,
@@ -132,12 +139,15 @@ class PortraitItems(Sequence):
         item = make_item(image, lms, self.audio[k], scale, self.latent_size, self.mask_landmark)
         item["reference_img"] = self.reference()  # for models that align it per frame
         item["reference_landmarks"] = self.reference_landmarks
+        item["reference_mouth_landmarks"] = self.reference_mouth
         return item
 
     def reference(self) -> np.ndarray:
         """The clip's first frame (size, size, 3) in [-1, 1], the original's reference choice."""
         if not hasattr(self, "_reference"):
             image, scale = self.clip.image(0, self.size)
-            lms = self.clip.landmarks(0)[list(UPPER_FACE_LANDMARKS)] / scale
-            self._reference, self.reference_landmarks = image, lms.astype(np.float32)
+            lms = self.clip.landmarks(0) / scale
+            self._reference = image
+            self.reference_landmarks = lms[list(UPPER_FACE_LANDMARKS)].astype(np.float32)
+            self.reference_mouth = lms[list(MOUTH)].astype(np.float32)
         return self._reference

@@ -55,6 +55,9 @@ class RenderOptions:
     batch_size: int = 8
     seed: int = 0
     progress: bool = True
+    reference_speech: bool = False  # the driving speech is the reference frame's own (a clip
+    # driven by its own audio): a per-speaker MouthPredictor takes the person's mean mouth from
+    # the reference less the motion its audio predicts (else the reference is taken at rest)
     first_stage_only: bool = False  # no sampling: decode the frame's own latent (the ceiling a
     # rendered frame cannot pass: the truth through the first stage, pasted back the same way)
 
@@ -98,6 +101,7 @@ class Renderer:
         self.opts = opts
         self.sampler = make_sampler(model, opts.sampler, opts.steps)
         self.bank = None
+        self.offset: torch.Tensor | None = None  # per clip (person_offset)
         if opts.reference == "bank":
             self.bank = ReferenceBank(self.model, opts.reference_bank, opts.bank_root)
 
@@ -127,6 +131,8 @@ class Renderer:
         # frame as it is)
         if self.bank is not None:
             self.bank.apply(batch)
+        elif self.offset is not None:  # a per-speaker mouth predictor on this clip's face
+            batch["mouth_code"] = m.mouth_model(batch["audio_smooth"].to(m.device)) + self.offset
         per_frame = self.bank is not None or (
             m.align_reference and o.reference == "first" and "reference_img" in batch
         )
@@ -164,6 +170,7 @@ class Renderer:
         batch_size = 1 if o.reference == "progressive" else o.batch_size
         with m.ema_scope("rendering"), torch.inference_mode():
             ref_latent = self.encode_reference(torch.as_tensor(reference))
+            self.offset = self.person_offset(items[0])
             for first in range(start, stop, batch_size):
                 index = range(first, min(stop, first + batch_size))
                 batch = default_collate([items[i] for i in index])
@@ -175,6 +182,22 @@ class Renderer:
                     reference = images[-1].permute(1, 2, 0).cpu().numpy()
                     ref_latent = self.encode_reference(torch.as_tensor(reference))
                 yield RenderedBatch(first, to_frames(images), reference)
+
+    def person_offset(self, item: dict[str, Any]) -> torch.Tensor | None:
+        """(40,) a per-speaker MouthPredictor's shift to this clip's mean mouth (rendering
+        without a bank), from the clip's reference frame in ``item`` (its landmarks, and its
+        audio with ``reference_speech``); None for other models."""
+        predictor = getattr(self.model, "mouth_model", None)
+        if self.bank is not None or predictor is None or not predictor.per_speaker:
+            return None
+        upper, mouth = (
+            torch.as_tensor(np.asarray(item[k]), dtype=torch.float32)[None]
+            for k in ("reference_landmarks", "reference_mouth_landmarks")
+        )
+        audio = None
+        if self.opts.reference_speech:
+            audio = torch.as_tensor(np.asarray(item["audio_smooth"]), dtype=torch.float32)
+        return predictor.person_offset(predictor.code(mouth, upper)[0], audio)
 
     def render(self, items: Sequence[dict[str, Any]], reference: np.ndarray) -> np.ndarray:
         """All frames (T, H, W, 3) uint8 of a short clip in memory (see ``frames``)."""

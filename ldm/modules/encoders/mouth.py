@@ -68,8 +68,11 @@ class MouthPredictor(nn.Module):
         components: int = 4,  # principal shapes predicted (40 = 2 x N_MOUTH: the whole code)
         calibrate: float = 0.5,  # how much of the ridge's shrinkage to undo, 0..1 (``fit_codes``)
         max_gain: float = 4.0,
+        per_speaker: bool = False,  # fit the motion only: each video's codes minus its mean;
+        # a person's own mean shape then comes from a reference frame (``person_offset``)
     ) -> None:
         super().__init__()
+        self.per_speaker = per_speaker
         if not 0 < components <= 2 * N_MOUTH:
             raise ValueError(f"components must be in 1..{2 * N_MOUTH}, got {components}")
         self.feature_dim, self.dim_out = feature_dim, dim_out
@@ -104,11 +107,18 @@ class MouthPredictor(nn.Module):
         return mouth_code(mouth, upper, self.template)
 
     @torch.no_grad()
-    def fit(self, audio: torch.Tensor, mouth: torch.Tensor, upper: torch.Tensor) -> None:
+    def fit(
+        self, audio: torch.Tensor, mouth: torch.Tensor, upper: torch.Tensor,
+        videos: torch.Tensor | None = None,
+    ) -> None:  # fmt: skip
         """Fit on (N, 8, 16, D) audio and the (N, 20, 2) mouth landmarks of the same frames; the
-        template is the mean face of their (N, 39, 2) upper-face landmarks."""
+        template is the mean face of their (N, 39, 2) upper-face landmarks. With ``per_speaker``
+        each video's (``videos`` (N,) ids) codes are taken relative to its own mean."""
         self.template.copy_(shape_template(upper))
-        self.fit_codes(audio, self.code(mouth, upper))
+        codes = self.code(mouth, upper)
+        if self.per_speaker:
+            codes = speaker_relative(codes, videos)
+        self.fit_codes(audio, codes)
 
     @torch.no_grad()
     def fit_codes(self, audio: torch.Tensor, codes: torch.Tensor, folds: int = 5) -> None:
@@ -186,14 +196,37 @@ class MouthPredictor(nn.Module):
         """(B, 40) codes -> (B, dim_out) feature."""
         return self.embed((code.to(self.bias) - self.bias) / self.code_std)
 
-    def forward(self, audio: torch.Tensor) -> torch.Tensor:
-        """(B, 8, 16, D) -> (B, 40) predicted mouth shape codes."""
+    def motion(self, audio: torch.Tensor) -> torch.Tensor:
+        """(B, 8, 16, D) -> (B, 40) predicted departure from the mean shape."""
         if not bool(self.fitted):
             raise RuntimeError(
                 "MouthPredictor is not fitted: LatentDiffusion fits it when training starts "
                 "(model.params.mouth_config); a checkpoint of such a run carries the fit"
             )
-        return self.bias + (self.gain * self.predict(audio, self.weight)) @ self.basis
+        return (self.gain * self.predict(audio, self.weight)) @ self.basis
+
+    def forward(self, audio: torch.Tensor) -> torch.Tensor:
+        """(B, 8, 16, D) -> (B, 40) predicted mouth shape codes."""
+        return self.bias + self.motion(audio)
+
+    def person_offset(self, code: torch.Tensor, audio: torch.Tensor | None = None) -> torch.Tensor:
+        """(40,) shift from the fitted mean shape to a person's, from one reference frame's (40,)
+        code, less the motion its own (8, 16, D) audio predicts when that is known."""
+        shift = code.to(self.bias) - self.bias
+        if audio is not None:
+            shift = shift - self.motion(audio[None])[0]
+        return shift
+
+
+def speaker_relative(codes: torch.Tensor, videos: torch.Tensor | None) -> torch.Tensor:
+    """(N, 40) codes with each video's mean replaced by the mean over all videos."""
+    if videos is None:
+        raise ValueError("MouthPredictor(per_speaker=True).fit needs the frames' video ids")
+    out = codes.clone()
+    for v in videos.unique():
+        rows = videos == v
+        out[rows] += codes.mean(0) - codes[rows].mean(0)
+    return out
 
 
 def blocks(n: int, folds: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -204,11 +237,12 @@ def blocks(n: int, folds: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
 
 def fit_on_dataset(model: MouthPredictor, dataset: Dataset, batch_size: int = 64) -> None:
     """Fit ``model`` on every item of a talking dataset (audio, upper-face and mouth landmarks)."""
-    audio, mouth, upper = [], [], []
+    audio, mouth, upper, videos = [], [], [], []
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False)
     for batch in tqdm(loader, desc="fitting the mouth predictor", leave=False):
         audio.append(batch["audio_smooth"].float())
         mouth.append(batch["mouth_landmarks"].float())
         upper.append(batch["landmarks"].float())
-    model.fit(torch.cat(audio), torch.cat(mouth), torch.cat(upper))
+        videos.append(batch["video_id"])
+    model.fit(torch.cat(audio), torch.cat(mouth), torch.cat(upper), torch.cat(videos))
     logger.info("mouth predictor: ridge fit on %d training frames", sum(map(len, audio)))

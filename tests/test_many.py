@@ -1,0 +1,70 @@
+"""One model for many faces: a per-speaker mouth predictor rendering a new face from its
+reference frame, and whether the driving speech is the portrait's own."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from test_demo_recipe import SIZE, demo_model, kl_first_stage, talking_demo_args  # noqa: F401
+from test_train import data  # noqa: F401
+
+from ldm.data.talk import TalkInference
+from ldm.inference.render import Renderer, RenderOptions
+
+from conftest import load_script
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+inference = load_script("inference")
+
+
+def test_a_per_speaker_model_renders_the_reference_faces_mouth(demo_model, data, monkeypatch):  # noqa: F811
+    _, model, _ = demo_model
+    monkeypatch.setattr(model.mouth_model, "per_speaker", True)
+    items = TalkInference(
+        split_file=str(data / "data_test.txt"), root=str(data / "HDTF"), size=SIZE
+    )
+    first = items[0]
+    predictor = model.mouth_model
+    reference = predictor.code(
+        *(
+            torch.as_tensor(first[k], dtype=torch.float32)[None]
+            for k in ("reference_mouth_landmarks", "reference_landmarks")
+        )  # fmt: skip
+    )[0]
+    audio = torch.as_tensor(first["audio_smooth"])
+    opts = dict(sampler="dpm", steps=2, batch_size=4, progress=False)
+    own = Renderer(model, RenderOptions(reference_speech=True, **opts)).person_offset(first)
+    rest = Renderer(model, RenderOptions(**opts)).person_offset(first)
+    with torch.no_grad():
+        motion = predictor(audio[None])[0] - predictor.bias
+    torch.testing.assert_close(rest, reference - predictor.bias)
+    torch.testing.assert_close(own, reference - predictor.bias - motion)
+
+    seen = []  # the codes the model is conditioned on while rendering
+    original = model.get_learned_conditioning
+
+    def spy(batch, reference_latent=None):
+        seen.append(batch["mouth_code"])
+        return original(batch, reference_latent)
+
+    monkeypatch.setattr(model, "get_learned_conditioning", spy)
+    renderer = Renderer(model, RenderOptions(reference_speech=True, **opts))
+    renderer.render(items, first["reference_img"])
+    batch_audio = torch.stack([torch.as_tensor(items[i]["audio_smooth"]) for i in range(4)])
+    with torch.no_grad():
+        torch.testing.assert_close(seen[0], predictor(batch_audio) + own)
+
+
+def test_the_cli_knows_when_the_speech_is_the_portraits_own(tmp_path):
+    clip, speech = tmp_path / "me.mp4", tmp_path / "speech.wav"
+    for path in (clip, speech):
+        path.touch()
+    args = ["--ckpt", "x.ckpt", "--out", str(tmp_path / "o.mp4")]
+    own = inference.parse_args([*args, "--video", str(clip), "--audio", str(clip)])
+    other = inference.parse_args([*args, "--video", str(clip), "--audio", str(speech)])
+    photo = inference.parse_args([*args, "--image", str(clip), "--audio", str(clip)])
+    split = inference.parse_args(["--ckpt", "x.ckpt", "--split", str(speech)])
+    dubbed = inference.parse_args(["--ckpt", "x.ckpt", "--split", str(speech), "--audio-id", "3"])
+    assert [inference.own_speech(a) for a in (own, other, photo, split, dubbed)] == [
+        True, False, False, True, False,
+    ]  # fmt: skip
