@@ -5,10 +5,18 @@ from __future__ import annotations
 
 import pytest
 import torch
-from test_demo_recipe import SIZE, demo_model, kl_first_stage, talking_demo_args  # noqa: F401
+from test_demo_recipe import (  # noqa: F401
+    SIZE,
+    commands,
+    demo_model,
+    demo_splits,
+    kl_first_stage,
+    talking_demo_args,
+)
 from test_train import data  # noqa: F401
 
 from ldm.data.talk import TalkInference
+from ldm.demo.pipeline import ADAPT, Pipeline, max_time
 from ldm.inference.render import Renderer, RenderOptions
 
 from conftest import load_script
@@ -68,3 +76,45 @@ def test_the_cli_knows_when_the_speech_is_the_portraits_own(tmp_path):
     assert [inference.own_speech(a) for a in (own, other, photo, split, dubbed)] == [
         True, False, False, True, False,
     ]  # fmt: skip
+
+
+def fake_many_model(folder):
+    """The files ``--init`` needs (contents are not read before training)."""
+    folder.mkdir(parents=True)
+    for name in ("model.ckpt", "first_stage.ckpt"):
+        (folder / name).touch()
+    return folder
+
+
+def test_real_clips_adapt_the_many_speaker_model(tmp_path, commands, caplog):  # noqa: F811
+    """... unless told not to, or when there is none; the adapted run takes its first stage
+    and its UNet, fine-tunes them under shorter time caps and refits the mouth predictor."""
+    demo = load_script("demo")
+    folder = fake_many_model(tmp_path / "many")
+    clips = ["a.mp4", "b.mp4"]
+    args = demo.parse_args([*clips, "--init", str(folder)])
+    with caplog.at_level("INFO"):
+        assert demo.starting_point(args, sample=False) == folder.resolve()
+        assert "adapting the many-speaker model" in caplog.text
+        scratch = demo.parse_args([*clips, "--init", str(folder), "--from-scratch"])
+        assert demo.starting_point(scratch, sample=False) is None
+        missing = demo.parse_args([*clips, "--init", str(tmp_path / "none")])
+        assert demo.starting_point(missing, sample=False) is None
+        assert demo.starting_point(args, sample=True) is None
+    assert "no many-speaker model in" in caplog.text and "--from-scratch" in caplog.text
+    assert demo.demo_budget(False, False, False, adapt=True) is ADAPT
+
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "first_stage.ckpt").touch()
+    demo_splits(tmp_path / "run")
+    pipe = Pipeline(tmp_path / "run", ADAPT, init=folder)
+    pipe.first_stage(625)
+    pipe.talking(625, tmp_path / "run" / "first_stage.ckpt")
+    assert f"model.params.ckpt_path={folder / 'first_stage.ckpt'}" in commands["first_stage"]
+    talking = commands["talking"]
+    assert f"model.params.ckpt_path={folder / 'model.ckpt'}" in talking
+    ignore = next(a for a in talking if a.startswith("model.params.ignore_keys="))
+    assert "first_stage_model." in ignore and "mouth_model.weight" in ignore
+    assert "mouth_model.embed" not in ignore  # the code's embedding is learned: kept
+    for stage, cap in (("first_stage", ADAPT.ae_minutes), ("talking", ADAPT.ldm_minutes)):
+        assert f"lightning.trainer.max_time={max_time(cap)}" in commands[stage]

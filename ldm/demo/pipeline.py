@@ -99,6 +99,13 @@ def batch_size(configs: list[str], overrides: list[str]) -> int:
     return int(merged_config(tuple(configs), tuple(overrides)).data.params.batch_size)
 
 
+# adapting a many-speaker model: its first stage and talking LDM fine-tuned on the speaker
+ADAPT = Budget(ae_steps=(200, 600), ldm_steps=(800, 2000), ae_minutes=3.0, ldm_minutes=6.5)
+ADAPT_IGNORE = (  # what an adapted model does not take from the many-speaker one
+    "first_stage_model.",  # this run's (fine-tuned) first stage
+    *(f"mouth_model.{b}" for b in ("mean", "std", "weight", "bias", "code_std", "basis",
+                                    "pc_std", "gain", "template", "fitted")),  # refitted
+)  # fmt: skip
 FULL = Budget(ae_minutes=10.0, ldm_minutes=9.0)  # ~25 min in all on 2 cores (docs/demo-recipe.md)
 QUICK = Budget(ae_steps=(200, 200), ldm_steps=(1000, 1000))
 SAMPLE = Budget(ae_steps=(500, 500), ldm_steps=(1500, 1500))  # the previous demo's steps
@@ -108,8 +115,13 @@ SAMPLE_QUICK = Budget(ae_steps=(500, 500), ldm_steps=(700, 700))
 class Pipeline:
     """One demo run in ``out``: runs each stage once, in order, with its progress logged."""
 
-    def __init__(self, out: Path, budget: Budget, sample: bool = False) -> None:
+    stages = STAGES  # a stage "name:clip" counts as its "name"
+
+    def __init__(
+        self, out: Path, budget: Budget, sample: bool = False, init: Path | None = None
+    ) -> None:
         self.out = out
+        self.init = init  # a many-speaker model's folder to adapt (ldm/demo/many.py export)
         self.budget = budget
         self.sample = sample  # the built-in sample: previous recipe, fixed steps
         self.data = out / "data" / "HDTF"
@@ -117,8 +129,8 @@ class Pipeline:
 
     def run(self, stage: str, cmd: list[str]) -> None:
         """Run one stage as a subprocess once; a marker file makes reruns skip it."""
-        marker = self.out / ".done" / stage
-        number = f"{STAGES.index(stage) + 1}/{len(STAGES)}"
+        marker = self.out / ".done" / stage.replace(":", "_")
+        number = f"{self.stages.index(stage.split(':')[0]) + 1}/{len(self.stages)}"
         if marker.exists():
             logger.info("[stage %s %s] already done, skipping", number, stage)
             return
@@ -188,6 +200,8 @@ class Pipeline:
             configs = [SAMPLE_AE[0]]
         else:
             configs, extra = [AE_CONFIG], self.data_overrides(True, self.first_stage_split())
+        if self.init is not None:
+            extra.append(f"model.params.ckpt_path={self.init / 'first_stage.ckpt'}")
         steps = self.budget.first_stage(n_frames, batch_size(configs, extra))
         logger.info("first stage: %d steps for %d training frames", steps, n_frames)
         run_dir = self.train("first_stage", configs, steps, extra, self.budget.ae_minutes)
@@ -201,6 +215,9 @@ class Pipeline:
         configs = list(SAMPLE_LDM if self.sample else LDM_CONFIGS)
         extra = self.data_overrides(images=False)
         extra.append(f"model.params.first_stage_config.params.ckpt_path={first_stage}")
+        if self.init is not None:  # its UNet and encoders; this run's first stage and ridge fit
+            extra.append(f"model.params.ckpt_path={self.init / 'model.ckpt'}")
+            extra.append(f"model.params.ignore_keys=[{','.join(ADAPT_IGNORE)}]")
         steps = self.budget.talking(n_frames, batch_size(configs, extra))
         logger.info("talking LDM: %d steps for %d training frames", steps, n_frames)
         return self.train("talking", configs, steps, extra, self.budget.ldm_minutes)
@@ -213,23 +230,31 @@ class Pipeline:
         cmd += ["--out", str(out), "--batch-size", "16", *self.audio, *extra]
         self.run(stage, cmd)
 
-    def render_and_score(self, run_dir: Path, footage: Footage) -> dict[str, Path]:
-        """Render the test clip (and its first-stage-only ceiling), then evaluate it."""
-        result, ceiling = self.out / "result.mp4", self.out / "first_stage_only.mp4"
+    def sampling(self) -> list[str]:
+        """scripts/inference.py's sampling options of the demo's render."""
         sampling = ["--sampler", "dpm", "--steps", "20"]
         if not self.sample:  # one x_T (no flicker); mouths borrowed from the training frames
             sampling += ["--shared-noise", "--reference", "bank", "--bank-root", str(self.data)]
             sampling += ["--reference-bank", str(self.data.parent / "data_train.txt")]
-        self.render("render", run_dir, footage, result, sampling)
-        self.render("first_stage_only", run_dir, footage, ceiling, ["--first-stage-only"])
-        report = self.out / "report"
+        return sampling
+
+    def render_and_score(
+        self, run_dir: Path, footage: Footage, out: Path | None = None, suffix: str = ""
+    ) -> dict[str, Path]:
+        """Render the test clip (and its first-stage-only ceiling) into ``out`` (default the
+        run's folder), then evaluate it; ``suffix`` (":clip") names the stages."""
+        out = out or self.out
+        result, ceiling = out / "result.mp4", out / "first_stage_only.mp4"
+        self.render(f"render{suffix}", run_dir, footage, result, self.sampling())
+        self.render(f"first_stage_only{suffix}", run_dir, footage, ceiling, ["--first-stage-only"])
+        report = out / "report"
         cmd = ["scripts/evaluate.py", "--pred", str(result), "--gt", str(footage.test)]
         cmd += ["--first-stage-frames", str(ceiling), "--baselines", "--out", str(report)]
-        self.run("evaluate", cmd)
-        side = side_by_side(result, footage.test, self.out / "side_by_side.mp4")
+        self.run(f"evaluate{suffix}", cmd)
+        side = side_by_side(result, footage.test, out / "side_by_side.mp4")
         opening = json.loads((report / "report.json").read_text())["clips"][0][
             "truth_mouth_opening"
         ]
-        grid = frame_grid(result, footage.test, self.out / "frames.png", grid_frames(opening))
+        grid = frame_grid(result, footage.test, out / "frames.png", grid_frames(opening))
         return {"result": result, "side_by_side": side, "report": report / "report.md",
                 "plot": next(report.glob("*.png")), "grid": grid}  # fmt: skip
