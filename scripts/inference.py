@@ -1,9 +1,10 @@
 """Render DiffTalk videos with sound.
 
 Drive any portrait with any speech (video or photo; audio in any format ffmpeg reads):
-    python scripts/inference.py --ckpt logs/run/checkpoints/last.ckpt \\
-        --config configs/latent-diffusion/talking.yaml \\
-        --video portrait.mp4 --audio speech.wav --out result.mp4 [--sampler dpm]
+    python scripts/inference.py --video portrait.mp4 --audio speech.wav --out result.mp4 \\
+        [--ckpt logs/run/checkpoints/last.ckpt] [--sampler dpm]
+Without --ckpt it uses the many-speaker model in models/many_speaker/ (`sh demo.sh --many`); a
+checkpoint's config is found beside it (an exported config.yaml or the run's configs/).
 
 Rendering streams chunk by chunk (--chunk-frames); a killed render run again with the same
 arguments resumes after its last finished chunk, and the mp4 appears only when complete.
@@ -27,7 +28,13 @@ import torch
 
 from ldm.config import load_config
 from ldm.inference.bank import training_bank
-from ldm.inference.checkpoint import DEFAULT_CONFIG, CheckpointError, load_model
+from ldm.inference.checkpoint import (
+    DEFAULT_CONFIG,
+    CheckpointError,
+    default_model,
+    load_model,
+    model_config,
+)
 from ldm.inference.clip import LOOP_MODES
 from ldm.inference.portrait import PortraitJob, render_portrait
 from ldm.inference.render import REFERENCE_MODES, SAMPLERS, RenderOptions
@@ -42,9 +49,18 @@ log = logging.getLogger("inference")
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Command-line options."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--ckpt", required=True, help="DiffTalk checkpoint (Lightning .ckpt)")
     p.add_argument(
-        "--config", nargs="+", default=list(DEFAULT_CONFIG), help="YAMLs merged in order"
+        "--ckpt",
+        type=Path,
+        help="DiffTalk checkpoint (Lightning .ckpt or an exported model.ckpt; portrait mode's "
+        "default: models/many_speaker/model.ckpt)",
+    )
+    p.add_argument(
+        "--config",
+        nargs="+",
+        help="YAMLs merged in order (default: portrait mode, the checkpoint's own: an exported "
+        "folder's config.yaml or a run's configs/*-project.yaml; else the paper config with "
+        "talking-inference.yaml)",
     )
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     g = p.add_argument_group("portrait mode")
@@ -106,6 +122,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error("--video and --image are exclusive")
     if portrait and (args.audio is None or args.out is None):
         p.error("portrait mode needs --audio and --out")
+    if args.ckpt is None:
+        args.ckpt = default_model() if portrait else None
+        if args.ckpt is None:
+            p.error("--ckpt is required (no many-speaker model in models/many_speaker/)")
+    own = model_config(args.ckpt) if portrait else DEFAULT_CONFIG
+    args.config = args.config or list(map(str, own))
     return args
 
 

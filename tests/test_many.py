@@ -3,6 +3,9 @@ reference frame, and whether the driving speech is the portrait's own."""
 
 from __future__ import annotations
 
+import hashlib
+import subprocess
+
 import pytest
 import torch
 from test_demo_recipe import (  # noqa: F401
@@ -15,11 +18,13 @@ from test_demo_recipe import (  # noqa: F401
 )
 from test_train import data  # noqa: F401
 
+from ldm.config import load_config
 from ldm.data.talk import TalkInference
 from ldm.demo.pipeline import ADAPT, Pipeline, max_time
+from ldm.inference.checkpoint import load_model
 from ldm.inference.render import Renderer, RenderOptions
 
-from conftest import load_script
+from conftest import ROOT, load_script
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 inference = load_script("inference")
@@ -78,6 +83,32 @@ def test_the_cli_knows_when_the_speech_is_the_portraits_own(tmp_path):
     ]  # fmt: skip
 
 
+def test_portrait_mode_defaults_to_the_many_speaker_model_and_its_config(tmp_path, monkeypatch):
+    from ldm.inference import checkpoint
+
+    clip = tmp_path / "me.mp4"
+    clip.touch()
+    portrait = ["--video", str(clip), "--audio", str(clip), "--out", str(tmp_path / "o.mp4")]
+    monkeypatch.setattr(checkpoint, "MANY_SPEAKER", tmp_path / "models" / "many_speaker")
+    with pytest.raises(SystemExit) as exc:  # none exported yet: --ckpt is needed, and said so
+        inference.parse_args(portrait)
+    assert exc.value.code == 2
+    folder = fake_many_model(tmp_path / "models" / "many_speaker")
+    (folder / "config.yaml").touch()
+    args = inference.parse_args(portrait)
+    assert args.ckpt == folder / "model.ckpt" and args.config == [str(folder / "config.yaml")]
+    run = tmp_path / "logs" / "run"  # a Lightning run's checkpoint: the run's own config
+    for name in ("configs/1-project.yaml", "configs/2-project.yaml", "checkpoints/last.ckpt"):
+        (run / name).parent.mkdir(parents=True, exist_ok=True)
+        (run / name).touch()
+    args = inference.parse_args([*portrait, "--ckpt", str(run / "checkpoints/last.ckpt")])
+    assert args.config == [str(run / "configs/2-project.yaml")]
+    split = inference.parse_args(["--ckpt", str(folder / "model.ckpt"), "--split", str(clip)])
+    assert split.config == list(checkpoint.DEFAULT_CONFIG)  # the paper protocol's, as before
+    with pytest.raises(SystemExit):  # the split protocol names its checkpoint
+        inference.parse_args(["--split", str(clip)])
+
+
 def fake_many_model(folder):
     """The files ``--init`` needs (contents are not read before training)."""
     folder.mkdir(parents=True)
@@ -118,3 +149,37 @@ def test_real_clips_adapt_the_many_speaker_model(tmp_path, commands, caplog):  #
     assert "mouth_model.embed" not in ignore  # the code's embedding is learned: kept
     for stage, cap in (("first_stage", ADAPT.ae_minutes), ("talking", ADAPT.ldm_minutes)):
         assert f"lightning.trainer.max_time={max_time(cap)}" in commands[stage]
+
+
+@pytest.mark.slow
+def test_the_many_speaker_command_trains_renders_zero_shot_and_exports(tmp_path):
+    """`sh demo.sh --many DIR --test CLIP --quick`: a shortened run of the whole command on
+    synthetic clips; the exported folder is a model that loads for rendering."""
+    from ldm.demo.sample import make_demo_clip
+
+    clips = tmp_path / "clips"
+    clips.mkdir()
+    for seed in (0, 1):
+        make_demo_clip(clips / f"speaker{seed}.mp4", seconds=3.0, seed=seed)
+    test = make_demo_clip(tmp_path / "new_face.mp4", seconds=2.0, seed=2)
+    out = tmp_path / "many"
+    proc = subprocess.run(
+        ["sh", "demo.sh", "--many", str(clips), "--test", str(test), "--quick", "--out", str(out)],
+        cwd=ROOT, capture_output=True, text=True,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "many speakers: 2 training clips, 1 held out" in proc.stderr
+    folder = out / "many_speaker"
+    digest = hashlib.sha256((folder / "model.ckpt").read_bytes()).hexdigest()
+    assert (folder / "model.sha256").read_text().split()[0] == digest
+    saved = torch.load(folder / "model.ckpt", weights_only=True)
+    assert "identities" in saved and not any("model_ema." in k for k in saved["state_dict"])
+    config = load_config([str(folder / "config.yaml")])
+    assert config.model.params.use_ema is False
+    model = load_model(config, folder / "model.ckpt")
+    assert model.mouth_model.per_speaker and bool(model.mouth_model.fitted)
+    first_stage = torch.load(folder / "first_stage.ckpt", weights_only=True)["state_dict"]
+    assert torch.equal(first_stage["decoder.conv_out.weight"],
+                       model.first_stage_model.decoder.conv_out.weight)  # fmt: skip
+    report = (out / "zero_shot" / "new_face" / "report" / "report.md").read_text()
+    assert "pose-aligned" in report and "first stage only" in report

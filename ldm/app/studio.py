@@ -23,7 +23,7 @@ from ldm.config import load_config
 from ldm.data.layout import FPS, SAMPLE_RATE
 from ldm.evaluation.clips import IMAGE_EXTS, ClipFrames, match_sources
 from ldm.inference.bank import has_fitted_mouth, training_bank
-from ldm.inference.checkpoint import DEFAULT_CONFIG, CheckpointError, load_model
+from ldm.inference.checkpoint import CheckpointError, default_model, load_model, model_config
 from ldm.inference.clip import n_video_frames
 from ldm.inference.portrait import PortraitJob, render_portrait
 from ldm.inference.render import RenderOptions, make_sampler
@@ -32,7 +32,6 @@ from ldm.video import load_audio, probe
 
 logger = logging.getLogger(__name__)
 
-# scripts/inference.py's default --config (the paper config plus its inference overrides)
 DEMO_LOGS = Path("outputs/demo/logs")  # where `python scripts/demo.py` trains its model
 SILENCE_DBFS = -50.0  # speech whose loudest 50 ms stays below this is called silent
 LOUDNESS_WINDOW = 0.05  # seconds
@@ -40,6 +39,8 @@ MAX_SECONDS = 60.0  # longest speech the page renders (CPU time grows with every
 
 NO_CHECKPOINT_HELP = (
     "**No DiffTalk checkpoint is loaded.** Get one, then restart the app:\n"
+    "- the many-speaker model: `sh demo.sh --many <folder of clips of many people>` "
+    "(about 3 hours), then copy its `many_speaker/` to `models/many_speaker/`;\n"
     "- the CPU demo trains a small model from a clip: `python scripts/demo.py --quick` "
     "(then `python scripts/app.py` finds `outputs/demo/logs/*_talking/checkpoints/last.ckpt`);\n"
     "- or train your own with `python main.py --base configs/latent-diffusion/talking.yaml -t` "
@@ -58,8 +59,8 @@ class InputError(ValueError):
 class AppSettings:
     """How the app was started (scripts/app.py's options)."""
 
-    ckpt: Path | None = None  # None: the newest demo checkpoint, if any
-    config: list[Path] | None = None  # None: the run's own config, else DEFAULT_CONFIG
+    ckpt: Path | None = None  # None: models/many_speaker, else the newest demo checkpoint
+    config: list[Path] | None = None  # None: the checkpoint's own (model_config)
     device: str = "cpu"
     outdir: Path = Path("outputs/app")
     batch_size: int = 8
@@ -99,16 +100,6 @@ def find_demo_checkpoint(logs: Path = DEMO_LOGS) -> Path | None:
     """The newest ``*_talking/checkpoints/last.ckpt`` the demo wrote, or None."""
     found = sorted(logs.glob("*_talking/checkpoints/last.ckpt"))
     return found[-1] if found else None
-
-
-def run_config(ckpt: Path) -> list[Path]:
-    """The config saved beside a Lightning run's checkpoint (logs/<run>/configs/*-project.yaml),
-    else scripts/inference.py's default."""
-    if ckpt.parent.name == "checkpoints":
-        saved = sorted((ckpt.parent.parent / "configs").glob("*-project.yaml"))
-        if saved:
-            return [saved[-1]]
-    return [Path(p) for p in DEFAULT_CONFIG]
 
 
 def model_bank(model: torch.nn.Module, config: DictConfig) -> tuple[str, str] | None:
@@ -224,11 +215,11 @@ class Studio:
     def load(self) -> bool:
         """Load the checkpoint; on failure ``status`` says why and how to get a usable one."""
         s = self.settings
-        ckpt = s.ckpt if s.ckpt is not None else find_demo_checkpoint()
+        ckpt = s.ckpt or default_model() or find_demo_checkpoint()
         if ckpt is None:
             logger.warning("no checkpoint: %s", NO_CHECKPOINT_HELP.replace("**", ""))
             return False
-        config = s.config or run_config(ckpt)
+        config = s.config or model_config(ckpt)
         try:
             merged = load_config(config)
             self.model = load_model(merged, ckpt, s.device)

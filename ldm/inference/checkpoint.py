@@ -45,6 +45,30 @@ DEFAULT_CONFIG = (  # the paper model with the original inference dataset merged
 )
 
 
+MANY_SPEAKER = Path("models/many_speaker")  # `sh demo.sh --many`'s export: model.ckpt, config.yaml
+EXPORTED_CONFIG = "config.yaml"  # an exported model folder's config, beside its model.ckpt
+
+
+def default_model(folder: Path | None = None) -> Path | None:
+    """The many-speaker model's checkpoint in ``folder`` (default MANY_SPEAKER), portrait mode's
+    and the app's default, or None when it holds none."""
+    folder = MANY_SPEAKER if folder is None else folder
+    ckpt = folder / "model.ckpt"
+    return ckpt if ckpt.is_file() and (folder / EXPORTED_CONFIG).is_file() else None
+
+
+def model_config(ckpt: Path) -> list[Path]:
+    """The config a checkpoint was saved with: an exported folder's config.yaml, a Lightning
+    run's logs/<run>/configs/*-project.yaml, else DEFAULT_CONFIG (the paper model)."""
+    if (ckpt.parent / EXPORTED_CONFIG).is_file():
+        return [ckpt.parent / EXPORTED_CONFIG]
+    if ckpt.parent.name == "checkpoints":
+        saved = sorted((ckpt.parent.parent / "configs").glob("*-project.yaml"))
+        if saved:
+            return [saved[-1]]
+    return [Path(p) for p in DEFAULT_CONFIG]
+
+
 class CheckpointError(ValueError):
     """A checkpoint is missing or does not fit the config; the message says what differs."""
 
