@@ -109,7 +109,7 @@ ADAPT_IGNORE = (  # what an adapted model does not take from the many-speaker on
 FULL = Budget(ae_minutes=10.0, ldm_minutes=9.0)  # ~25 min in all on 2 cores (docs/demo-recipe.md)
 QUICK = Budget(ae_steps=(200, 200), ldm_steps=(1000, 1000))
 SAMPLE = Budget(ae_steps=(500, 500), ldm_steps=(1500, 1500))  # the previous demo's steps
-SAMPLE_QUICK = Budget(ae_steps=(500, 500), ldm_steps=(700, 700))
+SAMPLE_QUICK = Budget(ae_steps=(800, 800), ldm_steps=(700, 700))
 
 
 class Pipeline:
