@@ -26,10 +26,10 @@ from pathlib import Path
 from ldm.demo.many import run_many
 from ldm.demo.pipeline import ADAPT, FULL, QUICK, SAMPLE, SAMPLE_QUICK, Budget, Pipeline
 from ldm.demo.steps import prepare_footage
+from ldm.inference.checkpoint import MANY_SPEAKER
 from ldm.video import VideoError
 
 logger = logging.getLogger("demo")
-DEFAULT_INIT = Path("models/many_speaker")
 SAMPLE_SECONDS = {False: 60.0, True: 30.0}  # built-in sample length: full, --quick
 
 
@@ -45,7 +45,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--init",
         type=Path,
-        default=DEFAULT_INIT,
+        default=MANY_SPEAKER,
         help="a many-speaker model's folder to adapt to the speaker (default: %(default)s, "
         "when it exists; made by --many)",
     )
