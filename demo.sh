@@ -4,7 +4,7 @@
 # from its own audio and scores it against the truth (about 25 minutes on 2 cores).
 #
 # Usage: sh demo.sh [VIDEO_OR_FOLDER ...] [--test CLIP ...] [--out DIR] [--quick] [--no-time-limit]
-#                   [--init DIR | --from-scratch] [--many]
+#                   [--init DIR] [--many]
 #   sh demo.sh                          # the built-in sample (no download)
 #   sh demo.sh a.mp4 b.mp4 c.mp4        # one speaker's clips: the last is held out
 #   sh demo.sh clips/ --test c.mp4      # a folder of clips, c.mp4 held out
@@ -15,9 +15,8 @@
 #   --test CLIP        the clip to hold out (default: the last one given)
 #   --out DIR          where everything goes (default: outputs/demo)
 #   --quick            a shortened run (the test suite's version)
-#   --init DIR         the many-speaker model a real-clip run adapts (default: models/many_speaker,
-#                      when it exists)
-#   --from-scratch     train from nothing, not from --init
+#   --init DIR         start a real-clip run from a many-speaker model (e.g. models/many_speaker)
+#                      instead of from nothing; at this scale it is worse (docs/many-speaker.md)
 #   --many             the clips are of many people: train one model for all, render the --test
 #                      clips zero-shot, export it to {out}/many_speaker/
 #   --no-time-limit    train the full step budget however long it takes (default: on real clips

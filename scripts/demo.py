@@ -45,11 +45,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--init",
         type=Path,
-        default=MANY_SPEAKER,
-        help="a many-speaker model's folder to adapt to the speaker (default: %(default)s, "
-        "when it exists; made by --many)",
+        help=f"start from a many-speaker model's folder (e.g. {MANY_SPEAKER}, made by --many) "
+        "instead of from nothing; at this scale it trains a worse model (docs/many-speaker.md)",
     )
-    p.add_argument("--from-scratch", action="store_true", help="train from nothing, not --init")
     p.add_argument(
         "--many",
         action="store_true",
@@ -69,11 +67,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def starting_point(args: argparse.Namespace, sample: bool) -> Path | None:
     """The many-speaker model a real-clip run adapts (logged), or None: trained from nothing."""
-    if sample or args.from_scratch or not (args.init / "model.ckpt").is_file():
-        reason = "the built-in sample" if sample else "--from-scratch" if args.from_scratch else (
-            f"no many-speaker model in {args.init}")  # fmt: skip
+    if sample or args.init is None:
+        reason = "the built-in sample" if sample else "no --init"
         logger.info("training from nothing (%s)", reason)
         return None
+    for name in ("model.ckpt", "first_stage.ckpt"):
+        if not (args.init / name).is_file():
+            raise VideoError(f"--init {args.init}: no {name} there (made by demo.sh --many)")
     logger.info("adapting the many-speaker model in %s to this speaker", args.init)
     return args.init.resolve()
 
@@ -102,15 +102,15 @@ def main(argv: list[str] | None = None) -> int:
         logger.error("--test takes one clip (several only with --many)")
         return 2
     test = args.test[0] if args.test else None
+    sample = not (args.videos or args.test)
     try:
+        init = starting_point(args, sample)
         footage = prepare_footage(args.videos, test, out / "clips", SAMPLE_SECONDS[args.quick])
     except VideoError as exc:
         logger.error("%s", exc)
         return 1
     train = [c.name for c in footage.clips if c != footage.test]
     logger.info("training on %s; held out: %s", ", ".join(train), footage.test.name)
-    sample = not (args.videos or args.test)
-    init = starting_point(args, sample)
     budget = demo_budget(sample, args.quick, args.no_time_limit, init is not None)
     pipe = Pipeline(out, budget, sample=sample, init=init)
     n_frames = pipe.preprocess(footage)

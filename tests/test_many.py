@@ -21,8 +21,11 @@ from test_train import data  # noqa: F401
 from ldm.config import load_config
 from ldm.data.talk import TalkInference
 from ldm.demo.pipeline import ADAPT, Pipeline, max_time
+from ldm.inference import checkpoint
 from ldm.inference.checkpoint import load_model
+from ldm.inference.identity import MANY_SPEAKERS
 from ldm.inference.render import Renderer, RenderOptions
+from ldm.video import VideoError
 
 from conftest import ROOT, load_script
 
@@ -84,8 +87,6 @@ def test_the_cli_knows_when_the_speech_is_the_portraits_own(tmp_path):
 
 
 def test_portrait_mode_defaults_to_the_many_speaker_model_and_its_config(tmp_path, monkeypatch):
-    from ldm.inference import checkpoint
-
     clip = tmp_path / "me.mp4"
     clip.touch()
     portrait = ["--video", str(clip), "--audio", str(clip), "--out", str(tmp_path / "o.mp4")]
@@ -109,6 +110,27 @@ def test_portrait_mode_defaults_to_the_many_speaker_model_and_its_config(tmp_pat
         inference.parse_args(["--split", str(clip)])
 
 
+def test_the_committed_many_speaker_model_matches_its_checksums_and_loads_for_new_faces():
+    """models/many_speaker/, portrait mode's default: the files its README's checksums name, a
+    config that builds the model its weights fill, and a model meant for faces it never saw."""
+    folder = ROOT / checkpoint.MANY_SPEAKER
+    ckpt = checkpoint.default_model(folder)
+    assert ckpt == folder / "model.ckpt"
+    readme = (ROOT / "models" / "README.md").read_text()
+    for name in ("model.ckpt", "first_stage.ckpt"):
+        digest = hashlib.sha256((folder / name).read_bytes()).hexdigest()
+        assert f"`{name}` |" in readme and digest in readme, name
+    assert (folder / "model.sha256").read_text().split()[0] in readme
+    config = load_config(list(map(str, checkpoint.model_config(ckpt))))
+    assert "data" not in config and config.model.params.use_ema is False
+    model = load_model(config, ckpt)  # strict: every weight has its place
+    assert model.mouth_model.per_speaker and bool(model.mouth_model.fitted)
+    assert model.identities.n_persons >= MANY_SPEAKERS
+    first_stage = torch.load(folder / "first_stage.ckpt", weights_only=True)["state_dict"]
+    for key, value in model.first_stage_model.state_dict().items():
+        assert torch.equal(first_stage[key], value), key
+
+
 def fake_many_model(folder):
     """The files ``--init`` needs (contents are not read before training)."""
     folder.mkdir(parents=True)
@@ -118,8 +140,9 @@ def fake_many_model(folder):
 
 
 def test_real_clips_adapt_the_many_speaker_model(tmp_path, commands, caplog):  # noqa: F811
-    """... unless told not to, or when there is none; the adapted run takes its first stage
-    and its UNet, fine-tunes them under shorter time caps and refits the mouth predictor."""
+    """... when --init names one (by default real clips train from nothing, even where
+    models/many_speaker/ exists); the adapted run takes its first stage and its UNet, fine-tunes
+    them under shorter time caps and refits the mouth predictor."""
     demo = load_script("demo")
     folder = fake_many_model(tmp_path / "many")
     clips = ["a.mp4", "b.mp4"]
@@ -127,12 +150,12 @@ def test_real_clips_adapt_the_many_speaker_model(tmp_path, commands, caplog):  #
     with caplog.at_level("INFO"):
         assert demo.starting_point(args, sample=False) == folder.resolve()
         assert "adapting the many-speaker model" in caplog.text
-        scratch = demo.parse_args([*clips, "--init", str(folder), "--from-scratch"])
-        assert demo.starting_point(scratch, sample=False) is None
-        missing = demo.parse_args([*clips, "--init", str(tmp_path / "none")])
-        assert demo.starting_point(missing, sample=False) is None
+        assert demo.starting_point(demo.parse_args(clips), sample=False) is None
+        assert "training from nothing (no --init)" in caplog.text
         assert demo.starting_point(args, sample=True) is None
-    assert "no many-speaker model in" in caplog.text and "--from-scratch" in caplog.text
+    missing = demo.parse_args([*clips, "--init", str(tmp_path / "none")])
+    with pytest.raises(VideoError, match="none: no model.ckpt there"):
+        demo.starting_point(missing, sample=False)
     assert demo.demo_budget(False, False, False, adapt=True) is ADAPT
 
     (tmp_path / "run").mkdir()
@@ -175,7 +198,7 @@ def test_the_many_speaker_command_trains_renders_zero_shot_and_exports(tmp_path)
     saved = torch.load(folder / "model.ckpt", weights_only=True)
     assert "identities" in saved and not any("model_ema." in k for k in saved["state_dict"])
     config = load_config([str(folder / "config.yaml")])
-    assert config.model.params.use_ema is False
+    assert config.model.params.use_ema is False and "data" not in config  # no paths of this machine
     model = load_model(config, folder / "model.ckpt")
     assert model.mouth_model.per_speaker and bool(model.mouth_model.fitted)
     first_stage = torch.load(folder / "first_stage.ckpt", weights_only=True)["state_dict"]
