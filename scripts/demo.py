@@ -23,10 +23,10 @@ import sys
 import time
 from pathlib import Path
 
-from ldm.demo.many import run_many
+from ldm.demo.many import FIRST_STAGE, WEIGHTS, run_many
 from ldm.demo.pipeline import ADAPT, FULL, QUICK, SAMPLE, SAMPLE_QUICK, Budget, Pipeline
 from ldm.demo.steps import prepare_footage
-from ldm.inference.checkpoint import MANY_SPEAKER
+from ldm.inference.checkpoint import MANY_SPEAKER, CheckpointError
 from ldm.video import VideoError
 
 logger = logging.getLogger("demo")
@@ -71,9 +71,9 @@ def starting_point(args: argparse.Namespace, sample: bool) -> Path | None:
         reason = "the built-in sample" if sample else "no --init"
         logger.info("training from nothing (%s)", reason)
         return None
-    for name in ("model.ckpt", "first_stage.ckpt"):
+    for name in (WEIGHTS, FIRST_STAGE):
         if not (args.init / name).is_file():
-            raise VideoError(f"--init {args.init}: no {name} there (made by demo.sh --many)")
+            raise CheckpointError(f"--init {args.init}: no {name} there (made by demo.sh --many)")
     logger.info("adapting the many-speaker model in %s to this speaker", args.init)
     return args.init.resolve()
 
@@ -106,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         init = starting_point(args, sample)
         footage = prepare_footage(args.videos, test, out / "clips", SAMPLE_SECONDS[args.quick])
-    except VideoError as exc:
+    except (CheckpointError, VideoError) as exc:
         logger.error("%s", exc)
         return 1
     train = [c.name for c in footage.clips if c != footage.test]

@@ -25,7 +25,6 @@ from ldm.inference import checkpoint
 from ldm.inference.checkpoint import load_model
 from ldm.inference.identity import MANY_SPEAKERS
 from ldm.inference.render import Renderer, RenderOptions
-from ldm.video import VideoError
 
 from conftest import ROOT, load_script
 
@@ -154,7 +153,7 @@ def test_real_clips_adapt_the_many_speaker_model(tmp_path, commands, caplog):  #
         assert "training from nothing (no --init)" in caplog.text
         assert demo.starting_point(args, sample=True) is None
     missing = demo.parse_args([*clips, "--init", str(tmp_path / "none")])
-    with pytest.raises(VideoError, match="none: no model.ckpt there"):
+    with pytest.raises(checkpoint.CheckpointError, match="none: no model.ckpt there"):
         demo.starting_point(missing, sample=False)
     assert demo.demo_budget(False, False, False, adapt=True) is ADAPT
 
