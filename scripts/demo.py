@@ -23,10 +23,15 @@ import sys
 import time
 from pathlib import Path
 
-from ldm.demo.many import FIRST_STAGE, WEIGHTS, run_many
+from ldm.demo.many import run_many
 from ldm.demo.pipeline import ADAPT, FULL, QUICK, SAMPLE, SAMPLE_QUICK, Budget, Pipeline
 from ldm.demo.steps import prepare_footage
-from ldm.inference.checkpoint import MANY_SPEAKER, CheckpointError
+from ldm.inference.checkpoint import (
+    EXPORTED_FIRST_STAGE,
+    EXPORTED_WEIGHTS,
+    MANY_SPEAKER,
+    CheckpointError,
+)
 from ldm.video import VideoError
 
 logger = logging.getLogger("demo")
@@ -71,7 +76,7 @@ def starting_point(args: argparse.Namespace, sample: bool) -> Path | None:
         reason = "the built-in sample" if sample else "no --init"
         logger.info("training from nothing (%s)", reason)
         return None
-    for name in (WEIGHTS, FIRST_STAGE):
+    for name in (EXPORTED_WEIGHTS, EXPORTED_FIRST_STAGE):
         if not (args.init / name).is_file():
             raise CheckpointError(f"--init {args.init}: no {name} there (made by demo.sh --many)")
     logger.info("adapting the many-speaker model in %s to this speaker", args.init)

@@ -20,6 +20,9 @@ from omegaconf import OmegaConf
 from ldm.config import load_config
 from ldm.demo.pipeline import LDM_CONFIGS, Budget, Pipeline
 from ldm.demo.steps import Footage, expand_videos
+from ldm.inference.checkpoint import EXPORTED_CONFIG as CONFIG
+from ldm.inference.checkpoint import EXPORTED_FIRST_STAGE as FIRST_STAGE
+from ldm.inference.checkpoint import EXPORTED_WEIGHTS as WEIGHTS
 from ldm.inference.checkpoint import load_model
 from ldm.video import VideoError, probe
 
@@ -40,7 +43,6 @@ STAGES = (
     "evaluate",
     "export",
 )
-WEIGHTS, CONFIG, FIRST_STAGE = "model.ckpt", "config.yaml", "first_stage.ckpt"
 
 
 class ManyPipeline(Pipeline):

@@ -22,6 +22,7 @@ from omegaconf import DictConfig
 
 from ldm.config import load_config
 from ldm.demo.steps import Footage, frame_grid, grid_frames, latest_run, side_by_side
+from ldm.inference.checkpoint import EXPORTED_FIRST_STAGE, EXPORTED_WEIGHTS
 from ldm.preprocessing.dataset import atomic_write_text
 
 logger = logging.getLogger(__name__)
@@ -201,7 +202,7 @@ class Pipeline:
         else:
             configs, extra = [AE_CONFIG], self.data_overrides(True, self.first_stage_split())
         if self.init is not None:
-            extra.append(f"model.params.ckpt_path={self.init / 'first_stage.ckpt'}")
+            extra.append(f"model.params.ckpt_path={self.init / EXPORTED_FIRST_STAGE}")
         steps = self.budget.first_stage(n_frames, batch_size(configs, extra))
         logger.info("first stage: %d steps for %d training frames", steps, n_frames)
         run_dir = self.train("first_stage", configs, steps, extra, self.budget.ae_minutes)
@@ -216,7 +217,7 @@ class Pipeline:
         extra = self.data_overrides(images=False)
         extra.append(f"model.params.first_stage_config.params.ckpt_path={first_stage}")
         if self.init is not None:  # its UNet and encoders; this run's first stage and ridge fit
-            extra.append(f"model.params.ckpt_path={self.init / 'model.ckpt'}")
+            extra.append(f"model.params.ckpt_path={self.init / EXPORTED_WEIGHTS}")
             extra.append(f"model.params.ignore_keys=[{','.join(ADAPT_IGNORE)}]")
         steps = self.budget.talking(n_frames, batch_size(configs, extra))
         logger.info("talking LDM: %d steps for %d training frames", steps, n_frames)

@@ -45,15 +45,17 @@ DEFAULT_CONFIG = (  # the paper model with the original inference dataset merged
 )
 
 
-MANY_SPEAKER = Path("models/many_speaker")  # `sh demo.sh --many`'s export: model.ckpt, config.yaml
-EXPORTED_CONFIG = "config.yaml"  # an exported model folder's config, beside its model.ckpt
+MANY_SPEAKER = Path("models/many_speaker")  # `sh demo.sh --many`'s export (ldm/demo/many.py)
+EXPORTED_WEIGHTS = "model.ckpt"  # an exported model folder's files: the talking model's weights,
+EXPORTED_CONFIG = "config.yaml"  # the config it was trained with and
+EXPORTED_FIRST_STAGE = "first_stage.ckpt"  # its first stage (demo.sh --init adapts from both)
 
 
 def default_model(folder: Path | None = None) -> Path | None:
     """The many-speaker model's checkpoint in ``folder`` (default MANY_SPEAKER), portrait mode's
     and the app's default, or None when it holds none."""
     folder = MANY_SPEAKER if folder is None else folder
-    ckpt = folder / "model.ckpt"
+    ckpt = folder / EXPORTED_WEIGHTS
     return ckpt if ckpt.is_file() and (folder / EXPORTED_CONFIG).is_file() else None
 
 
