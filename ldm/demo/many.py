@@ -20,10 +20,12 @@ from omegaconf import OmegaConf
 from ldm.config import load_config
 from ldm.demo.pipeline import LDM_CONFIGS, Budget, Pipeline
 from ldm.demo.steps import Footage, expand_videos
-from ldm.inference.checkpoint import EXPORTED_CONFIG as CONFIG
-from ldm.inference.checkpoint import EXPORTED_FIRST_STAGE as FIRST_STAGE
-from ldm.inference.checkpoint import EXPORTED_WEIGHTS as WEIGHTS
-from ldm.inference.checkpoint import load_model
+from ldm.inference.checkpoint import (
+    EXPORTED_CONFIG,
+    EXPORTED_FIRST_STAGE,
+    EXPORTED_WEIGHTS,
+    load_model,
+)
 from ldm.video import VideoError, probe
 
 logger = logging.getLogger(__name__)
@@ -119,15 +121,15 @@ def export_weights(ckpt: Path, config: Path, folder: Path) -> None:
     tmp = folder.with_name(f".{folder.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    torch.save(entry, tmp / WEIGHTS)
-    torch.save({"state_dict": model.first_stage_model.state_dict()}, tmp / FIRST_STAGE)
-    OmegaConf.save(cfg, tmp / CONFIG)
-    digest = hashlib.sha256((tmp / WEIGHTS).read_bytes()).hexdigest()
-    (tmp / "model.sha256").write_text(f"{digest}  {WEIGHTS}\n")
+    torch.save(entry, tmp / EXPORTED_WEIGHTS)
+    torch.save({"state_dict": model.first_stage_model.state_dict()}, tmp / EXPORTED_FIRST_STAGE)
+    OmegaConf.save(cfg, tmp / EXPORTED_CONFIG)
+    digest = hashlib.sha256((tmp / EXPORTED_WEIGHTS).read_bytes()).hexdigest()
+    (tmp / "model.sha256").write_text(f"{digest}  {EXPORTED_WEIGHTS}\n")
     shutil.rmtree(folder, ignore_errors=True)
     tmp.replace(folder)
-    logger.info("exported %s (%.1f MB, sha256 %s)", folder / WEIGHTS,
-                (folder / WEIGHTS).stat().st_size / 1e6, digest[:12])  # fmt: skip
+    logger.info("exported %s (%.1f MB, sha256 %s)", folder / EXPORTED_WEIGHTS,
+                (folder / EXPORTED_WEIGHTS).stat().st_size / 1e6, digest[:12])  # fmt: skip
 
 
 def run_many(videos: list[str], tests: list[str], out: Path, quick: bool) -> dict[str, Path]:
