@@ -182,13 +182,13 @@ def test_no_sampling_renders_decode_the_frame_or_the_reference(demo_model, rende
 
 
 def test_budget_follows_the_training_frames_and_the_configs_batch_sizes():
-    assert FULL.first_stage(150, 16) == 300  # 6 s of footage: 24 passes would be 225
-    assert FULL.first_stage(450, 16) == 675  # 18 s: 24 passes at batch 16
+    assert FULL.first_stage(150, 16) == 1200  # 6 s of footage: 96 passes would be 900
+    assert FULL.first_stage(450, 16) == 2700  # 18 s: 96 passes at batch 16
     assert FULL.talking(400, 16) == 1500 and FULL.talking(625, 16) == 1500  # 80 passes, capped
-    assert FULL.talking(250, 16) == 1250 and FULL.first_stage(300, 8) == 900  # 80 and 24 passes
+    assert FULL.talking(250, 16) == 1250 and FULL.first_stage(300, 8) == 3600  # 80 and 96 passes
     assert FULL.talking(100, 16) == 1000  # a few seconds: the minimum
-    assert FULL.first_stage(625, 16) == 938  # 25 s
-    assert FULL.first_stage(1000, 16) == 1200 == FULL.first_stage(10_000, 16)  # 40 s on: capped
+    assert FULL.first_stage(625, 16) == 3750  # 25 s
+    assert FULL.first_stage(1000, 16) == 4800 == FULL.first_stage(10_000, 16)  # 40 s on: capped
     custom = Budget(ae_epochs=2.0, ae_steps=(1, 10**6), ldm_epochs=1.0, ldm_steps=(1, 10**6))
     assert custom.first_stage(800, 8) == 200 and custom.first_stage(800, 4) == 400
     assert custom.talking(800, 32) == 25  # passes x frames / batch
@@ -374,3 +374,13 @@ def test_the_real_speaker_first_stage_also_learns_the_held_out_reference_frame(t
         f"data.params.train.params.split_file={tmp_path / 'data' / 'data_train.txt'}"
         in (commands["first_stage"])
     )
+
+
+def test_real_clips_render_with_one_noise_and_bank_mouths_the_sample_with_stochastic_ddim(tmp_path):
+    real = Pipeline(tmp_path / "real", FULL).sampling()
+    assert real[:4] == ["--sampler", "dpm", "--steps", "20"] and "--shared-noise" in real
+    assert real[real.index("--reference") + 1] == "bank"
+    sample = Pipeline(tmp_path / "sample", SAMPLE, sample=True).sampling()
+    assert sample[sample.index("--sampler") + 1] == "ddim"
+    assert sample[sample.index("--eta") + 1] == "1"  # a new noise each step (ancestral)
+    assert "--shared-noise" not in sample and "--reference" not in sample  # its first frame

@@ -32,7 +32,7 @@ logger = logging.getLogger(__name__)
 
 MANY_CONFIGS = (*LDM_CONFIGS, "configs/latent-diffusion/talking-many.yaml")
 MANY = Budget(  # ~2.7 h in all on 2 cores for 30 clips (docs/many-speaker.md)
-    ae_epochs=6.0, ae_steps=(2000, 4000), ldm_epochs=40.0, ldm_steps=(10000, 40000),
+    ae_epochs=24.0, ae_steps=(8000, 16000), ldm_epochs=40.0, ldm_steps=(10000, 40000),
     ae_minutes=45.0, ldm_minutes=75.0,
 )  # fmt: skip
 MANY_QUICK = Budget(ae_steps=(40, 40), ldm_steps=(60, 60))  # the test's shortened run

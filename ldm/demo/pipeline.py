@@ -62,8 +62,8 @@ class Budget:
     CPU trains fewer steps but the run still ends in about 25 minutes.
     """
 
-    ae_epochs: float = 24.0
-    ae_steps: tuple[int, int] = (300, 1200)  # 64 px crops at batch 16 (kl_f4_small.yaml)
+    ae_epochs: float = 96.0
+    ae_steps: tuple[int, int] = (1200, 4800)  # 32 px crops at batch 16 (kl_f4_small.yaml)
     ldm_epochs: float = 80.0
     ldm_steps: tuple[int, int] = (1000, 1500)
     ae_minutes: float | None = None
@@ -101,14 +101,14 @@ def batch_size(configs: list[str], overrides: list[str]) -> int:
 
 
 # adapting a many-speaker model: its first stage and talking LDM fine-tuned on the speaker
-ADAPT = Budget(ae_steps=(200, 600), ldm_steps=(800, 2000), ae_minutes=3.0, ldm_minutes=6.5)
+ADAPT = Budget(ae_steps=(800, 2400), ldm_steps=(800, 2000), ae_minutes=3.0, ldm_minutes=6.5)
 ADAPT_IGNORE = (  # what an adapted model does not take from the many-speaker one
     "first_stage_model.",  # this run's (fine-tuned) first stage
     *(f"mouth_model.{b}" for b in ("mean", "std", "weight", "bias", "code_std", "basis",
                                     "pc_std", "gain", "template", "fitted")),  # refitted
 )  # fmt: skip
 FULL = Budget(ae_minutes=10.0, ldm_minutes=9.0)  # ~25 min in all on 2 cores (docs/demo-recipe.md)
-QUICK = Budget(ae_steps=(200, 200), ldm_steps=(1000, 1000))
+QUICK = Budget(ae_steps=(800, 800), ldm_steps=(1000, 1000))
 SAMPLE = Budget(ae_steps=(500, 500), ldm_steps=(1500, 1500))  # the previous demo's steps
 SAMPLE_QUICK = Budget(ae_steps=(800, 800), ldm_steps=(700, 700))
 
@@ -233,10 +233,12 @@ class Pipeline:
 
     def sampling(self) -> list[str]:
         """scripts/inference.py's sampling options of the demo's render."""
-        sampling = ["--sampler", "dpm", "--steps", "20"]
-        if not self.sample:  # one x_T (no flicker); mouths borrowed from the training frames
-            sampling += ["--shared-noise", "--reference", "bank", "--bank-root", str(self.data)]
-            sampling += ["--reference-bank", str(self.data.parent / "data_train.txt")]
+        if self.sample:  # stochastic DDIM: as fast as DPM-Solver++ 20 and closer to the first
+            # stage on the sample's painted mouth (docs/demo-recipe.md, "The built-in sample")
+            return ["--sampler", "ddim", "--steps", "20", "--eta", "1"]
+        sampling = ["--sampler", "dpm", "--steps", "20"]  # one x_T (no flicker), and mouths
+        sampling += ["--shared-noise", "--reference", "bank", "--bank-root", str(self.data)]
+        sampling += ["--reference-bank", str(self.data.parent / "data_train.txt")]  # borrowed
         return sampling
 
     def render_and_score(
