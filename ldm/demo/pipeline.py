@@ -236,9 +236,10 @@ class Pipeline:
         if self.sample:  # stochastic DDIM: as fast as DPM-Solver++ 20 and closer to the first
             # stage on the sample's painted mouth (docs/demo-recipe.md, "The built-in sample")
             return ["--sampler", "ddim", "--steps", "20", "--eta", "1"]
-        sampling = ["--sampler", "dpm", "--steps", "20"]  # one x_T (no flicker), and mouths
+        # real clips: one x_T (no flicker); mouths borrowed from the training frames
+        sampling = ["--sampler", "dpm", "--steps", "20"]
         sampling += ["--shared-noise", "--reference", "bank", "--bank-root", str(self.data)]
-        sampling += ["--reference-bank", str(self.data.parent / "data_train.txt")]  # borrowed
+        sampling += ["--reference-bank", str(self.data.parent / "data_train.txt")]
         return sampling
 
     def render_and_score(
