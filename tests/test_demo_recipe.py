@@ -71,6 +71,7 @@ def talking_demo_args(root, logs, ae_ckpt) -> list[str]:
         f"{m}.mouth_window=4",  # of the 8 x 8 latent of 32 px frames
         f"{m}.audio_config.params.feature_dim=29",  # the test data's log-mel, not Whisper
         f"{m}.mouth_config.params.feature_dim=29",
+        f"{m}.mouth_config.params.prior=null",  # the committed prior reads Whisper features
         "lightning.callbacks.image_logger.params.ddim_steps=2",
         "lightning.trainer.limit_val_batches=1",
         *data_overrides(root), *common_overrides(),

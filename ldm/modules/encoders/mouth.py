@@ -19,6 +19,7 @@ head position, size and roll drop out; the code maps back onto each frame's own 
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 
 import torch
 from torch import nn
@@ -27,6 +28,7 @@ from tqdm import tqdm
 
 from ldm.data.layout import FEATURE_DIM
 from ldm.geometry import N_MOUTH, STABLE_POINTS, mouth_code, mouth_points, shape_template
+from ldm.util import load_state_dict_file
 
 logger = logging.getLogger(__name__)
 
@@ -70,9 +72,13 @@ class MouthPredictor(nn.Module):
         max_gain: float = 4.0,
         per_speaker: bool = False,  # fit the motion only: each video's codes minus its mean;
         # a person's own mean shape then comes from a reference frame (``person_offset``)
+        prior: str | None = None,  # a checkpoint with a fitted MouthPredictor (e.g. the
+        # many-speaker model's) that the ridge shrinks towards instead of towards 0 (``fit_codes``)
+        prior_strengths: Sequence[float] = (0.0, 0.25, 0.5, 1.0),  # tried in cross-validation
     ) -> None:
         super().__init__()
         self.per_speaker = per_speaker
+        self.prior, self.prior_strengths = prior, tuple(prior_strengths)
         if not 0 < components <= 2 * N_MOUTH:
             raise ValueError(f"components must be in 1..{2 * N_MOUTH}, got {components}")
         self.feature_dim, self.dim_out = feature_dim, dim_out
@@ -131,7 +137,11 @@ class MouthPredictor(nn.Module):
         is scaled by ``gain`` = r ** c, where r is the truth's spread over that of predictions
         made on contiguous blocks (``folds``) of the training frames by fits on the others,
         clipped to [1, ``max_gain``]: c = 1 restores the whole spread (and moves the mouth as much
-        as the truth's, sometimes the wrong way), c = 0.5 about two thirds of it."""
+        as the truth's, sometimes the wrong way), c = 0.5 about two thirds of it.
+
+        With a ``prior`` the ridge shrinks towards s times the prior's weights rather than
+        towards 0, s the one of ``prior_strengths`` whose held-out blocks predict best (0: the
+        prior does not help this speaker and is not used)."""
         x = audio[:, self.centre].flatten(1).double()
         self.mean.copy_(x.mean(0))
         self.std.copy_(x.std(0).clamp_min(1e-6))
@@ -143,29 +153,56 @@ class MouthPredictor(nn.Module):
         self.basis.copy_(basis)
         pcs = centred @ basis.T  # (N, K)
         self.pc_std.copy_(pcs.std(0).clamp_min(1e-6))
-        self.weight.copy_(self.solve(audio, pcs))
+        start = None if self.prior is None else self.prior_start(audio, pcs, folds)
+        self.weight.copy_(self.solve(audio, pcs, start))
         self.gain.fill_(1.0)
         if self.calibrate:
-            held_out = torch.cat(
-                [
-                    self.predict(audio[b], self.solve(audio[other], pcs[other]))
-                    for b, other in blocks(len(y), folds)
-                ]
-            )
-            spread = pcs.std(0) / held_out.std(0).clamp_min(1e-12)
+            spread = pcs.std(0) / self.held_out(audio, pcs, start, folds).std(0).clamp_min(1e-12)
             self.gain.copy_(spread.clamp(1.0, self.max_gain) ** self.calibrate)
             logger.info("mouth predictor: shrinkage undone by gains %s", self.gain.tolist())
         self.fitted.fill_(True)
 
-    def solve(self, audio: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    def held_out(
+        self, audio: torch.Tensor, pcs: torch.Tensor, start: torch.Tensor | None, folds: int
+    ) -> torch.Tensor:
+        """(N, K) predictions of each of ``folds`` contiguous blocks by a fit on the others."""
+        return torch.cat(
+            [
+                self.predict(audio[b], self.solve(audio[other], pcs[other], start))
+                for b, other in blocks(len(pcs), folds)
+            ]
+        )
+
+    def prior_start(self, audio: torch.Tensor, pcs: torch.Tensor, folds: int) -> torch.Tensor:
+        """The prior's weights, scaled by the strength that predicts the held-out blocks best."""
+        prior = prior_weight(self.prior, self.std, self.basis)
+        errors = {
+            s: (self.held_out(audio, pcs, s * prior, folds) - pcs).pow(2).mean().item()
+            for s in self.prior_strengths
+        }
+        best = min(errors, key=errors.get)
+        logger.info(
+            "mouth predictor: prior %s at strength %s (held-out error by strength: %s)",
+            self.prior, best, {s: round(e, 4) for s, e in errors.items()},
+        )  # fmt: skip
+        return best * prior
+
+    def solve(
+        self, audio: torch.Tensor, targets: torch.Tensor, start: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """(n_in, K) ridge weights from the frames' own windows of (N, 8, 16, D) ``audio`` to
-        centred (N, K) ``targets``, in the smaller of the primal (n_in) and dual (N) spaces."""
+        centred (N, K) ``targets``, in the smaller of the primal (n_in) and dual (N) spaces,
+        shrunk towards ``start`` (n_in, K) when given, else towards 0."""
         x = self.inputs(audio[:, self.centre]).double()
         y = targets.double() - targets.double().mean(0)
+        if start is not None:
+            y = y - x @ start
         n, d = x.shape
         if d <= n:
-            return torch.linalg.solve(x.T @ x + self.ridge * torch.eye(d, dtype=x.dtype), x.T @ y)
-        return x.T @ torch.linalg.solve(x @ x.T + self.ridge * torch.eye(n, dtype=x.dtype), y)
+            w = torch.linalg.solve(x.T @ x + self.ridge * torch.eye(d, dtype=x.dtype), x.T @ y)
+        else:
+            w = x.T @ torch.linalg.solve(x @ x.T + self.ridge * torch.eye(n, dtype=x.dtype), y)
+        return w if start is None else w + start
 
     def predict(self, audio: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         """(B, 8, 16, D) -> (B, K) principal-shape scores by ``weight``, averaged over the
@@ -216,6 +253,23 @@ class MouthPredictor(nn.Module):
         if audio is not None:
             shift = shift - self.motion(audio[None])[0]
         return shift
+
+
+def prior_weight(path: str, std: torch.Tensor, basis: torch.Tensor) -> torch.Tensor:
+    """(n_in, K) weights of the fitted MouthPredictor in checkpoint ``path``, from inputs
+    standardised by ``std`` to the (K, 40) principal shapes ``basis`` of another fit: the prior's
+    predicted motion (its gains included) re-expressed in that fit's inputs and shapes."""
+    sd = load_state_dict_file(path, "(model.params.mouth_config.params.prior)")
+    p = {k.removeprefix("mouth_model."): v for k, v in sd.items() if k.startswith("mouth_model.")}
+    if not p or not bool(p.get("fitted", False)):
+        raise ValueError(f"mouth predictor prior {path}: no fitted MouthPredictor (mouth_model.*)")
+    if p["std"].shape != std.shape:
+        raise ValueError(
+            f"mouth predictor prior {path}: it reads {p['std'].numel()} audio inputs per window, "
+            f"this model {std.numel()} (another audio feature or window size)"
+        )
+    raw = p["weight"].double() * p["gain"].double() / p["std"].double()[:, None]
+    return (std.double()[:, None] * raw) @ p["basis"].double() @ basis.double().T
 
 
 def speaker_relative(codes: torch.Tensor, videos: torch.Tensor | None) -> torch.Tensor:
