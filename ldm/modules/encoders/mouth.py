@@ -258,7 +258,9 @@ class MouthPredictor(nn.Module):
 def prior_weight(path: str, std: torch.Tensor, basis: torch.Tensor) -> torch.Tensor:
     """(n_in, K) weights of the fitted MouthPredictor in checkpoint ``path``, from inputs
     standardised by ``std`` to the (K, 40) principal shapes ``basis`` of another fit: the prior's
-    predicted motion (its gains included) re-expressed in that fit's inputs and shapes."""
+    predicted motion (its gains included) re-expressed in that fit's inputs and shapes. The two
+    codes' template faces differ a little (both are mean faces of unit size); the strength chosen
+    in cross-validation judges what that costs."""
     sd = load_state_dict_file(path, "(model.params.mouth_config.params.prior)")
     p = {k.removeprefix("mouth_model."): v for k, v in sd.items() if k.startswith("mouth_model.")}
     if not p or not bool(p.get("fitted", False)):
