@@ -394,3 +394,21 @@ def test_a_prior_of_another_audio_feature_or_without_a_predictor_is_refused(tmp_
     torch.save({"state_dict": {"model.x": torch.zeros(1)}}, empty)
     with pytest.raises(ValueError, match=r"empty\.ckpt: no fitted MouthPredictor"):
         MouthPredictor(feature_dim=6, win_size=4, prior=str(empty)).fit_codes(audio, codes)
+
+
+def test_the_demo_recipes_prior_is_a_committed_predictor_of_its_audio_feature():
+    """talking-demo.yaml's prior (models/many_speaker) reads the recipe's Whisper windows."""
+    from ldm.config import load_config
+    from ldm.modules.encoders.mouth import prior_weight
+    from ldm.util import instantiate_from_config
+
+    from conftest import ROOT
+
+    cfg = load_config(
+        [str(ROOT / "configs/latent-diffusion/talking-small.yaml"),
+         str(ROOT / "configs/latent-diffusion/talking-demo.yaml")], [],
+    )  # fmt: skip
+    predictor = instantiate_from_config(cfg.model.params.mouth_config)
+    prior = str(ROOT / predictor.prior)
+    weight = prior_weight(prior, predictor.std, predictor.basis)  # its inputs, 4 principal shapes
+    assert weight.shape == (16 * 384, 4) and torch.isfinite(weight).all() and weight.abs().sum() > 0
