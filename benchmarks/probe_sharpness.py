@@ -35,7 +35,8 @@ from ldm.models.diffusion import mouth_window as mw
 logger = logging.getLogger("probe_sharpness")
 NOISE_LEVELS = (50, 150, 300, 500, 700, 900)
 SAMPLERS = {  # label: RenderOptions fields (shared noise and bank references throughout)
-    "DPM-Solver++ 20 (the demo)": {"sampler": "dpm", "steps": 20},
+    "DDIM 20, eta 1 (the demo)": {"sampler": "ddim", "steps": 20, "eta": 1.0},
+    "DPM-Solver++ 20 (the demo until 2026-12-07)": {"sampler": "dpm", "steps": 20},
     "DPM-Solver++ 50": {"sampler": "dpm", "steps": 50},
     "DPM-Solver++ 20, SDE (eta 1)": {"sampler": "dpm", "steps": 20, "eta": 1.0},
     "DDIM 50, eta 1": {"sampler": "ddim", "steps": 50, "eta": 1.0},
@@ -62,7 +63,7 @@ def load_run(run: Path) -> tuple[torch.nn.Module, Subset, RenderOptions]:
     job = SplitJob(split=data / "data_test.txt", outdir=run / "probe", root=data / "HDTF")
     dataset = inference_dataset(config, job, model.image_size)
     opts = RenderOptions(
-        sampler="dpm", steps=20, shared_noise=True, reference="bank", batch_size=BATCH,
+        sampler="ddim", steps=20, eta=1.0, shared_noise=True, reference="bank", batch_size=BATCH,
         reference_bank=str(data / "data_train.txt"), bank_root=str(data / "HDTF"), progress=False,
     )  # fmt: skip
     return model, dataset, opts
@@ -163,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
     samplers = dict(list(SAMPLERS.items())[:1]) if args.fast else SAMPLERS
     jobs |= {label: (lambda f=f: sampled(renderer, items, f)) for label, f in samplers.items()}
     if not args.fast:
-        jobs["DPM-Solver++ 20, raw weights (no EMA)"] = lambda: sampled(
+        jobs["DDIM 20, eta 1, raw weights (no EMA)"] = lambda: sampled(
             renderer, items, {}, ema=False
         )
     rows, lines = {}, ["| method | SSIM | GMSD | sharpness |", "|---|---|---|---|"]

@@ -20,6 +20,7 @@ from test_train import data  # noqa: F401
 
 from ldm.config import load_config
 from ldm.data.talk import TalkInference
+from ldm.demo.many import MANY, ManyPipeline
 from ldm.demo.pipeline import ADAPT, Pipeline, max_time
 from ldm.inference import checkpoint
 from ldm.inference.checkpoint import load_model
@@ -174,6 +175,12 @@ def test_real_clips_adapt_the_many_speaker_model(tmp_path, commands, caplog):  #
 
 
 @pytest.mark.slow
+def test_zero_shot_renders_from_the_clips_first_frame_with_stochastic_ddim(tmp_path):
+    args = ManyPipeline(tmp_path, MANY).sampling()
+    assert args[args.index("--sampler") + 1] == "ddim" and args[args.index("--eta") + 1] == "1"
+    assert args[args.index("--reference") + 1] == "first" and "--shared-noise" in args
+
+
 def test_the_many_speaker_command_trains_renders_zero_shot_and_exports(tmp_path):
     """`sh demo.sh --many DIR --test CLIP --quick`: a shortened run of the whole command on
     synthetic clips; the exported folder is a model that loads for rendering."""
