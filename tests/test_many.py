@@ -174,13 +174,13 @@ def test_real_clips_adapt_the_many_speaker_model(tmp_path, commands, caplog):  #
         assert f"lightning.trainer.max_time={max_time(cap)}" in commands[stage]
 
 
-@pytest.mark.slow
 def test_zero_shot_renders_from_the_clips_first_frame_with_stochastic_ddim(tmp_path):
     args = ManyPipeline(tmp_path, MANY).sampling()
     assert args[args.index("--sampler") + 1] == "ddim" and args[args.index("--eta") + 1] == "1"
     assert args[args.index("--reference") + 1] == "first" and "--shared-noise" in args
 
 
+@pytest.mark.slow
 def test_the_many_speaker_command_trains_renders_zero_shot_and_exports(tmp_path):
     """`sh demo.sh --many DIR --test CLIP --quick`: a shortened run of the whole command on
     synthetic clips; the exported folder is a model that loads for rendering."""

@@ -18,7 +18,7 @@ import torch
 from omegaconf import OmegaConf
 
 from ldm.config import load_config
-from ldm.demo.pipeline import LDM_CONFIGS, Budget, Pipeline
+from ldm.demo.pipeline import LDM_CONFIGS, RENDER_SAMPLER, Budget, Pipeline
 from ldm.demo.steps import Footage, expand_videos
 from ldm.inference.checkpoint import (
     EXPORTED_CONFIG,
@@ -77,8 +77,7 @@ class ManyPipeline(Pipeline):
     def sampling(self) -> list[str]:
         """Zero-shot: the clip's own first frame as the reference, one x_T for every frame,
         stochastic DDIM 20 as the demo (docs/many-speaker.md: fewer blotches than DPM-Solver++)."""
-        sampling = ["--sampler", "ddim", "--steps", "20", "--eta", "1"]
-        return [*sampling, "--shared-noise", "--reference", "first"]
+        return [*RENDER_SAMPLER, "--shared-noise", "--reference", "first"]
 
     def zero_shot(self, run_dir: Path, tests: list[Path]) -> dict[str, dict[str, Path]]:
         """Render and score every held-out clip in ``{out}/zero_shot/{clip}/``."""

@@ -111,6 +111,9 @@ FULL = Budget(ae_minutes=10.0, ldm_minutes=9.0)  # ~25 min in all on 2 cores (do
 QUICK = Budget(ae_steps=(800, 800), ldm_steps=(1000, 1000))
 SAMPLE = Budget(ae_steps=(500, 500), ldm_steps=(1500, 1500))  # the previous demo's steps
 SAMPLE_QUICK = Budget(ae_steps=(800, 800), ldm_steps=(700, 700))
+# stochastic DDIM (a new noise each step): as fast as DPM-Solver++ 20 and closer to the first
+# stage on every score (docs/demo-recipe.md, "Rendering"); every demo render uses it
+RENDER_SAMPLER = ("--sampler", "ddim", "--steps", "20", "--eta", "1")
 
 
 class Pipeline:
@@ -233,9 +236,7 @@ class Pipeline:
 
     def sampling(self) -> list[str]:
         """scripts/inference.py's sampling options of the demo's render."""
-        # stochastic DDIM (a new noise each step): as fast as DPM-Solver++ 20 and closer to the
-        # first stage on every score (docs/demo-recipe.md, "Rendering")
-        sampling = ["--sampler", "ddim", "--steps", "20", "--eta", "1"]
+        sampling = list(RENDER_SAMPLER)
         if self.sample:  # from its own first frame
             return sampling
         # real clips: one x_T for every frame (steadier); mouths borrowed from the training frames
