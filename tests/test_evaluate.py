@@ -18,9 +18,9 @@ from ldm.evaluation.evaluate import (
     summarize_overall,
     summarize_row,
 )
-from ldm.evaluation.metrics import region_boxes, ssim
+from ldm.evaluation.metrics import region_boxes, ssim, ssim_map
 
-from conftest import load_script
+from conftest import face_template, load_script
 from eval_clips import N_SHORT, blur, blur_mouth, lip_box, noisy
 
 cli = load_script("evaluate")
@@ -79,6 +79,52 @@ def test_ssim_matches_skimage():
     )  # fmt: skip
     assert ssim(b, a) == pytest.approx(ref, abs=1e-6)
     assert ssim(a, a) == pytest.approx(1.0, abs=1e-12)
+
+
+def test_ssim_map_pools_to_ssim_and_stays_where_the_images_differ():
+    """The per-pixel map's mean without the window's radius at the borders is ``ssim``; a
+    changed square lowers the map there and leaves it at 1 beyond the window's reach."""
+    a = np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    b = a.copy()
+    b[40:50, 40:50] = 255 - b[40:50, 40:50]
+    m = ssim_map(b, a)
+    assert np.mean(m[5:-5, 5:-5]) == pytest.approx(ssim(b, a), abs=1e-12)
+    assert m[45, 45] < 0.5
+    np.testing.assert_allclose(m[:30, :30], 1.0, atol=1e-9)
+
+
+def _face_clip(change: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A textured 256 px frame, a copy changed on the lips or along the lower jaw, landmarks."""
+    lms = face_template(256)
+    truth = np.random.default_rng(1).integers(0, 256, (1, 256, 256, 3), dtype=np.uint8)
+    where = np.zeros((256, 256), np.uint8)
+    if change == "lips":
+        cv2.fillConvexPoly(where, cv2.convexHull(lms[48:60].astype(np.int32)), 1)
+    else:  # the jaw's outline from point 5 to 11, 3 px wide
+        cv2.polylines(where, [lms[5:12].astype(np.int32)], False, 1, thickness=3)
+    render = truth.copy()
+    render[0][where > 0] = 255 - render[0][where > 0]
+    return truth, render, lms[None]
+
+
+@pytest.mark.parametrize("change", ["lips", "jaw"])
+def test_ssim_regions_put_a_change_in_its_own_region(change):
+    """benchmarks/ssim_regions.py: a render changed only on the lips loses SSIM in the lips
+    region, one changed only along the jaw's outline in the edge band; the untouched first
+    stage scores 1 everywhere and the regions' shares add up to the box."""
+    regions = load_script("ssim_regions", "benchmarks")
+    truth, render, lms = _face_clip(change)
+    means, shares, _ = regions.split_scores(
+        {"render": render, "first stage only": truth.copy()}, truth, lms, band=8.0
+    )
+    assert sum(shares.values()) == pytest.approx(1.0)
+    assert all(v == pytest.approx(1.0) for v in means["first stage only"].values())
+    r = means["render"]
+    assert r["outside"] == pytest.approx(1.0, abs=1e-6)
+    if change == "lips":
+        assert r["lips"] < 0.8 and min(r["edge"], r["inside"]) > 0.99
+    else:
+        assert r["edge"] < 0.9 and min(r["lips"], r["inside"]) > 0.99
 
 
 def test_lmd_ignores_head_pose_and_measures_mouth_shift(synth):

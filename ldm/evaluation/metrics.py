@@ -56,15 +56,17 @@ def _blur(x: np.ndarray) -> np.ndarray:
     return cv2.GaussianBlur(x, (k, k), SSIM_SIGMA, borderType=cv2.BORDER_REFLECT)
 
 
-def ssim(pred: np.ndarray, gt: np.ndarray) -> float:
-    """Mean SSIM over channels (Wang et al. 2004 Gaussian window; = skimage gaussian_weights)."""
+def ssim_map(pred: np.ndarray, gt: np.ndarray) -> np.ndarray:
+    """(H, W) per-pixel SSIM, the mean over channels (Wang et al. 2004 Gaussian window), borders
+    included; ``ssim`` is its mean without the window's radius at the borders."""
     if pred.ndim == 2:
         pred, gt = pred[..., None], gt[..., None]
     c1, c2 = (SSIM_K1 * MAX_VALUE) ** 2, (SSIM_K2 * MAX_VALUE) ** 2
-    r = SSIM_RADIUS
-    if min(pred.shape[:2]) <= 2 * r:
-        raise ValueError(f"SSIM needs images larger than {2 * r + 1} px, got {pred.shape[:2]}")
-    scores = []
+    if min(pred.shape[:2]) <= 2 * SSIM_RADIUS:
+        raise ValueError(
+            f"SSIM needs images larger than {2 * SSIM_RADIUS + 1} px, got {pred.shape[:2]}"
+        )
+    maps = []
     for ch in range(pred.shape[2]):
         x = pred[..., ch].astype(np.float64)
         y = gt[..., ch].astype(np.float64)
@@ -72,9 +74,14 @@ def ssim(pred: np.ndarray, gt: np.ndarray) -> float:
         vx, vy = _blur(x * x) - mx * mx, _blur(y * y) - my * my
         cxy = _blur(x * y) - mx * my
         num = (2 * mx * my + c1) * (2 * cxy + c2)
-        den = (mx * mx + my * my + c1) * (vx + vy + c2)
-        scores.append(float(np.mean((num / den)[r:-r, r:-r])))  # skimage crops the border too
-    return float(np.mean(scores))
+        maps.append(num / ((mx * mx + my * my + c1) * (vx + vy + c2)))
+    return np.mean(maps, axis=0)
+
+
+def ssim(pred: np.ndarray, gt: np.ndarray) -> float:
+    """Mean SSIM over channels (Wang et al. 2004 Gaussian window; = skimage gaussian_weights)."""
+    r = SSIM_RADIUS
+    return float(np.mean(ssim_map(pred, gt)[r:-r, r:-r]))  # skimage crops the border too
 
 
 def luma(img: np.ndarray) -> np.ndarray:
