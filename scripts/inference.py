@@ -2,9 +2,11 @@
 
 Drive any portrait with any speech (video or photo; audio in any format ffmpeg reads):
     python scripts/inference.py --video portrait.mp4 --audio speech.wav --out result.mp4 \\
-        [--ckpt logs/run/checkpoints/last.ckpt] [--sampler dpm]
+        [--ckpt logs/run/checkpoints/last.ckpt]
 Without --ckpt it uses the many-speaker model in models/many_speaker/ (`sh demo.sh --many`); a
-checkpoint's config is found beside it (an exported config.yaml or the run's configs/).
+checkpoint's config is found beside it (an exported config.yaml or the run's configs/). It
+samples as the demo renders (DDIM 20 steps, eta 1, one initial noise for the clip) unless
+--sampler, --steps, --eta or --no-shared-noise say otherwise.
 
 Rendering streams chunk by chunk (--chunk-frames); a killed render run again with the same
 arguments resumes after its last finished chunk, and the mp4 appears only when complete.
@@ -12,6 +14,7 @@ arguments resumes after its last finished chunk, and the mp4 appears only when c
 The paper protocol over a split list (what inference.sh runs): per clip, frames, an mp4 with the
 clip's audio, the ground truth as an mp4 (for scripts/evaluate.py --gt) and side by side:
     python scripts/inference.py --ckpt last.ckpt --split data/data_test.txt --outdir logs/inference
+It samples as the paper's protocol (DDIM 200 steps, eta 0, a new initial noise per frame).
 
 Exit code 0 on success, 1 when an input or the checkpoint is unusable (the message says why; no
 partial mp4 is left behind), 2 on bad usage.
@@ -37,7 +40,14 @@ from ldm.inference.checkpoint import (
 )
 from ldm.inference.clip import LOOP_MODES
 from ldm.inference.portrait import PortraitJob, render_portrait
-from ldm.inference.render import REFERENCE_MODES, SAMPLERS, RenderOptions
+from ldm.inference.render import (
+    PORTRAIT_ETA,
+    PORTRAIT_SAMPLER,
+    PORTRAIT_STEPS,
+    REFERENCE_MODES,
+    SAMPLERS,
+    RenderOptions,
+)
 from ldm.inference.stream import CHUNK_FRAMES
 from ldm.inference.testlist import SplitJob, render_split
 from ldm.preprocessing.audio_features import FEATURE_KINDS
@@ -89,9 +99,23 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     g.add_argument("--max-frames", type=int, help="at most N frames per clip")
     g.add_argument("--image-format", choices=("png", "jpg"), default="png")
     g = p.add_argument_group("sampling")
-    g.add_argument("--sampler", choices=SAMPLERS, default="ddim")
-    g.add_argument("--steps", type=int, help="default: 200 (ddim), 20 (dpm)")
-    g.add_argument("--eta", type=float, default=0.0)
+    g.add_argument(
+        "--sampler",
+        choices=SAMPLERS,
+        help=f"default: {PORTRAIT_SAMPLER} (portrait mode, as the demo renders), ddim (split mode)",
+    )
+    g.add_argument(
+        "--steps",
+        type=int,
+        help=f"default: {PORTRAIT_STEPS} in portrait mode; split mode 200 (ddim), 20 (dpm)",
+    )
+    g.add_argument(
+        "--eta",
+        type=float,
+        help="noise added at each step; default: portrait mode "
+        + ", ".join(f"{e:g} ({s})" for s, e in PORTRAIT_ETA.items())
+        + "; split mode 0",
+    )
     g.add_argument("--reference", choices=REFERENCE_MODES, default="first")
     g.add_argument(
         "--reference-bank",
@@ -99,7 +123,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "(default: the model's own, from its config)",
     )
     g.add_argument("--bank-root", default="data/HDTF", help="dataset of the bank's keys")
-    g.add_argument("--shared-noise", action="store_true", help="one initial noise for all frames")
+    g.add_argument(
+        "--shared-noise",
+        action=argparse.BooleanOptionalAction,
+        help="one initial noise for all frames (default: on in portrait mode, off in split mode)",
+    )
     g.add_argument("--batch-size", type=int, default=8)
     g.add_argument("--seed", type=int, default=0)
     g.add_argument(
@@ -128,6 +156,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             p.error("--ckpt is required (no many-speaker model in models/many_speaker/)")
     own = model_config(args.ckpt) if portrait else DEFAULT_CONFIG
     args.config = args.config or list(map(str, own))
+    return sampling_defaults(args, portrait)
+
+
+def sampling_defaults(args: argparse.Namespace, portrait: bool) -> argparse.Namespace:
+    """The sampling options left unset: portrait mode renders as the demo does (DDIM 20, eta 1,
+    one x_T for the clip), the split mode as the paper (DDIM 200, eta 0, a new x_T per frame)."""
+    if portrait:
+        args.sampler = args.sampler or PORTRAIT_SAMPLER
+        args.steps = PORTRAIT_STEPS if args.steps is None else args.steps
+        args.eta = PORTRAIT_ETA[args.sampler] if args.eta is None else args.eta
+        args.shared_noise = True if args.shared_noise is None else args.shared_noise
+    else:
+        args.sampler = args.sampler or "ddim"
+        args.eta = args.eta or 0.0
+        args.shared_noise = bool(args.shared_noise)
     return args
 
 

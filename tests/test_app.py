@@ -274,6 +274,7 @@ def test_page_renders_in_chromium(media, chromium, app_url, tmp_path):
     assert "tiny-andrew.ckpt" in page.inner_text("#status")
     assert not page.is_visible("#identity-warning")
     page.set_input_files("#portrait-video input[type=file]", str(clip))
+    assert page.input_value("#eta input[type=number]") == "1"  # the demo's DDIM, eta 1
     page.fill("#steps input[type=number]", "3")
     page.press("#steps input[type=number]", "Enter")
 

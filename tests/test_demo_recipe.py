@@ -384,4 +384,4 @@ def test_both_recipes_render_with_stochastic_ddim_real_clips_with_one_x_t_and_ba
         assert args[args.index("--sampler") + 1] == "ddim"
         assert args[args.index("--eta") + 1] == "1"  # a new noise each step (ancestral)
     assert "--shared-noise" in real and real[real.index("--reference") + 1] == "bank"
-    assert "--shared-noise" not in sample and "--reference" not in sample  # its first frame
+    assert "--no-shared-noise" in sample and "--reference" not in sample  # its first frame

@@ -170,6 +170,31 @@ def cli_args(tiny, *extra) -> list[str]:
     return ["--ckpt", str(tiny["ckpt"]), "--config", str(tiny["config"]), *map(str, extra)]
 
 
+def test_portrait_mode_samples_as_the_demo_renders_and_the_split_mode_as_the_paper(tmp_path):
+    """Unset sampling options: portrait mode takes the demo's render (DDIM 20, eta 1, one x_T
+    for the clip; DPM-Solver++ stays an ODE), the split mode the paper protocol (DDIM 200, eta
+    0, a new x_T per frame); whatever the user sets wins."""
+    clip = tmp_path / "me.mp4"
+    clip.touch()
+    portrait = ["--ckpt", "x.ckpt", "--video", str(clip), "--audio", str(clip)]
+    portrait += ["--out", str(tmp_path / "o.mp4")]
+    split = ["--ckpt", "x.ckpt", "--split", str(clip)]
+
+    def sampling(*argv: str) -> tuple:
+        o = INFERENCE.render_options(INFERENCE.parse_args(list(argv)))
+        return o.sampler, o.steps, o.eta, o.shared_noise
+
+    assert sampling(*portrait) == ("ddim", 20, 1.0, True)
+    assert sampling(*portrait, "--sampler", "dpm") == ("dpm", 20, 0.0, True)
+    assert sampling(*portrait, "--steps", "50", "--eta", "0.5", "--no-shared-noise") == (
+        "ddim", 50, 0.5, False,
+    )  # fmt: skip
+    assert sampling(*split) == ("ddim", 200, 0.0, False)
+    assert sampling(*split, "--sampler", "dpm", "--eta", "1", "--shared-noise") == (
+        "dpm", 20, 1.0, True,
+    )  # fmt: skip
+
+
 def lower_face_region(frame: np.ndarray, margin: float = 0.25) -> np.ndarray:
     """Boolean (H, W): the jaw polygon of dlib's landmarks on ``frame`` grown by ``margin`` face
     widths, and nothing above the eyes."""

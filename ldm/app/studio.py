@@ -26,7 +26,13 @@ from ldm.inference.bank import has_fitted_mouth, training_bank
 from ldm.inference.checkpoint import CheckpointError, default_model, load_model, model_config
 from ldm.inference.clip import n_video_frames
 from ldm.inference.portrait import PortraitJob, render_portrait
-from ldm.inference.render import RenderOptions, make_sampler
+from ldm.inference.render import (
+    PORTRAIT_ETA,
+    PORTRAIT_SAMPLER,
+    PORTRAIT_STEPS,
+    RenderOptions,
+    make_sampler,
+)
 from ldm.preprocessing.runner import VIDEO_EXTS
 from ldm.video import load_audio, probe
 
@@ -76,10 +82,11 @@ class RenderRequest:
     video: Path | None = None
     image: Path | None = None
     audio: Path | None = None
-    sampler: str = "dpm"
-    steps: int = 20
+    sampler: str = PORTRAIT_SAMPLER  # the demo's render, as portrait mode (render.py)
+    steps: int = PORTRAIT_STEPS
+    eta: float = PORTRAIT_ETA[PORTRAIT_SAMPLER]
     reference: str = "first"
-    shared_noise: bool = False
+    shared_noise: bool = True
     seed: int = 0
 
 
@@ -260,6 +267,7 @@ class Studio:
         opts = RenderOptions(
             sampler=req.sampler,
             steps=int(req.steps),
+            eta=float(req.eta),
             reference=req.reference,
             reference_bank=split,
             bank_root=root,

@@ -10,7 +10,13 @@ import gradio as gr
 
 from ldm.app.studio import InputError, RenderRequest, Studio
 from ldm.inference.identity import TRAIN_HINT
-from ldm.inference.render import CLIP_REFERENCE_MODES, DEFAULT_STEPS, SAMPLERS
+from ldm.inference.render import (
+    CLIP_REFERENCE_MODES,
+    PORTRAIT_ETA,
+    PORTRAIT_SAMPLER,
+    PORTRAIT_STEPS,
+    SAMPLERS,
+)
 
 TITLE = "DiffTalk: drive a portrait with speech"
 INTRO = (
@@ -19,20 +25,20 @@ INTRO = (
     "**Render**. Leave the speech empty to let a portrait video drive itself: the result is then "
     "scored against the video. Everything runs on this machine."
 )
-APP_SAMPLER = "dpm"  # DPM-Solver++(2M), 20 steps: the CPU-friendly default of the page
 MAX_STEPS = 250
 VIDEO_HEIGHT = 360  # px of the portrait and result players
 CACHE_LIFETIME = (3600, 86400)  # every hour, drop Gradio's cached copies older than a day
 MAX_UPLOAD = "500mb"
+ETA_HELP = "noise added at each step: 0 deterministic, 1 a new noise each step (DDIM: ancestral)"
 REFERENCE_HELP = (
     "first: the portrait's first frame for every frame; progressive: the previous one; bank: per "
     "frame, the training frame whose mouth matches the speech (models trained with one)"
 )
 
 
-def steps_for(sampler: str) -> int:
-    """The sampler's default step count (200 for DDIM, the paper protocol; 20 for DPM)."""
-    return DEFAULT_STEPS[sampler]
+def eta_for(sampler: str) -> float:
+    """The page's eta for a sampler: 1 for DDIM (as the demo renders), 0 for DPM-Solver++."""
+    return PORTRAIT_ETA[sampler]
 
 
 def optional_path(value: str | None) -> Path | None:
@@ -52,13 +58,14 @@ def identity_note(warning: str) -> Any:
 def run_render(studio: Studio, inputs: tuple, progress: gr.Progress) -> tuple[Any, ...]:
     """Render one request: (player, identity warning, download, done line, report, plot)
     values, or a gr.Error whose message the page shows."""
-    video, image, audio, sampler, steps, reference, shared_noise, seed = inputs
+    video, image, audio, sampler, steps, eta, reference, shared_noise, seed = inputs
     req = RenderRequest(
         video=optional_path(video),
         image=optional_path(image),
         audio=optional_path(audio),
         sampler=sampler,
         steps=int(steps),
+        eta=float(eta),
         reference=reference,
         shared_noise=bool(shared_noise),
         seed=int(seed or 0),
@@ -84,8 +91,9 @@ def run_render(studio: Studio, inputs: tuple, progress: gr.Progress) -> tuple[An
 
 
 def input_column(studio: Studio) -> tuple[list[gr.components.Component], gr.Button]:
-    """Portrait tabs, speech box, sampling options and the render button; a model with a
-    reference bank starts on the demo's settings (bank references, shared noise)."""
+    """Portrait tabs, speech box, sampling options and the render button; the options start
+    on the demo's render (DDIM 20, eta 1, shared noise, and bank references for a model with a
+    reference bank)."""
     bank = studio.bank is not None
     with gr.Tabs():
         with gr.Tab("Portrait video"):
@@ -113,22 +121,27 @@ def input_column(studio: Studio) -> tuple[list[gr.components.Component], gr.Butt
     )
     with gr.Accordion("Sampling", open=True):
         with gr.Row():
-            sampler = gr.Radio(list(SAMPLERS), value=APP_SAMPLER, label="Sampler")
+            sampler = gr.Radio(list(SAMPLERS), value=PORTRAIT_SAMPLER, label="Sampler")
             modes = [*CLIP_REFERENCE_MODES, *(["bank"] if bank else [])]
             reference = gr.Radio(
                 modes, value="bank" if bank else "first", label="Reference", info=REFERENCE_HELP
             )
-        steps = gr.Slider(
-            1, MAX_STEPS, value=steps_for(APP_SAMPLER), step=1, label="Steps", elem_id="steps"
-        )
         with gr.Row():
-            shared = gr.Checkbox(bank, label="Shared noise (one initial noise for all frames)")
+            steps = gr.Slider(
+                1, MAX_STEPS, value=PORTRAIT_STEPS, step=1, label="Steps", elem_id="steps"
+            )
+            eta = gr.Slider(
+                0.0, 1.0, value=eta_for(PORTRAIT_SAMPLER), step=0.1, label="Eta", info=ETA_HELP,
+                elem_id="eta",
+            )  # fmt: skip
+        with gr.Row():
+            shared = gr.Checkbox(True, label="Shared noise (one initial noise for all frames)")
             seed = gr.Number(0, precision=0, label="Seed", elem_id="seed")
-    sampler.change(steps_for, sampler, steps)
+    sampler.change(eta_for, sampler, eta)
     video.upload(lambda: None, None, image)  # one portrait at a time
     image.upload(lambda: None, None, video)
     button = gr.Button("Render", variant="primary", elem_id="render")
-    return [video, image, audio, sampler, steps, reference, shared, seed], button
+    return [video, image, audio, sampler, steps, eta, reference, shared, seed], button
 
 
 def output_column() -> list[gr.components.Component]:
@@ -179,13 +192,14 @@ def build_ui(studio: Studio) -> gr.Blocks:
             audio: str | None,
             sampler: str,
             steps: float,
+            eta: float,
             reference: str,
             shared_noise: bool,
             seed: float | None,
             progress: gr.Progress = gr.Progress(track_tqdm=True),  # noqa: B008 (Gradio's API)
         ) -> tuple:
             """The button's handler: Gradio finds the progress tracker by its default value."""
-            args = (video, image, audio, sampler, steps, reference, shared_noise, seed)
+            args = (video, image, audio, sampler, steps, eta, reference, shared_noise, seed)
             return run_render(studio, args, progress)
 
         button.click(render, inputs, outputs, concurrency_limit=1)

@@ -23,6 +23,7 @@ from omegaconf import DictConfig
 from ldm.config import load_config
 from ldm.demo.steps import Footage, frame_grid, grid_frames, latest_run, side_by_side
 from ldm.inference.checkpoint import EXPORTED_FIRST_STAGE, EXPORTED_WEIGHTS
+from ldm.inference.render import PORTRAIT_ETA, PORTRAIT_SAMPLER, PORTRAIT_STEPS
 from ldm.preprocessing.dataset import atomic_write_text
 
 logger = logging.getLogger(__name__)
@@ -112,8 +113,10 @@ QUICK = Budget(ae_steps=(800, 800), ldm_steps=(1000, 1000))
 SAMPLE = Budget(ae_steps=(500, 500), ldm_steps=(1500, 1500))  # the previous demo's steps
 SAMPLE_QUICK = Budget(ae_steps=(800, 800), ldm_steps=(700, 700))
 # stochastic DDIM (a new noise each step): as fast as DPM-Solver++ 20 and closer to the first
-# stage on every score (docs/demo-recipe.md, "Rendering"); every demo render uses it
-RENDER_SAMPLER = ("--sampler", "ddim", "--steps", "20", "--eta", "1")
+# stage on every score (docs/demo-recipe.md, "Rendering"); every demo render uses it. These are
+# portrait mode's defaults, spelt out so that the logged command shows them.
+RENDER_SAMPLER = ("--sampler", PORTRAIT_SAMPLER, "--steps", str(PORTRAIT_STEPS))
+RENDER_SAMPLER += ("--eta", f"{PORTRAIT_ETA[PORTRAIT_SAMPLER]:g}")
 
 
 class Pipeline:
@@ -237,8 +240,8 @@ class Pipeline:
     def sampling(self) -> list[str]:
         """scripts/inference.py's sampling options of the demo's render."""
         sampling = list(RENDER_SAMPLER)
-        if self.sample:  # from its own first frame
-            return sampling
+        if self.sample:  # from its own first frame, a new x_T per frame
+            return [*sampling, "--no-shared-noise"]
         # real clips: one x_T for every frame (steadier); mouths borrowed from the training frames
         sampling += ["--shared-noise", "--reference", "bank", "--bank-root", str(self.data)]
         sampling += ["--reference-bank", str(self.data.parent / "data_train.txt")]

@@ -26,6 +26,12 @@ logger = logging.getLogger(__name__)
 
 SAMPLERS = ("ddim", "dpm")
 DEFAULT_STEPS = {"ddim": 200, "dpm": 20}  # DDIM-200: the paper protocol (SPEC 5.2)
+# Portrait mode and the web app render, unless told otherwise, as the demo does: DDIM 20 steps
+# with a new noise each step (eta 1) and one x_T for the whole clip; DPM-Solver++ stays an ODE
+# (eta 0), its better setting. Measured: docs/rendering.md#sampling-and-references. The split mode
+# keeps the paper protocol (RenderOptions' defaults: DDIM 200, eta 0, a new x_T per frame).
+PORTRAIT_SAMPLER, PORTRAIT_STEPS = "ddim", 20
+PORTRAIT_ETA = {"ddim": 1.0, "dpm": 0.0}
 CLIP_REFERENCE_MODES = ("first", "progressive")  # from the clip itself
 REFERENCE_MODES = (*CLIP_REFERENCE_MODES, "bank")  # bank: from training frames (bank.py)
 INITIAL_NOISE, STEP_NOISE = 1, 2  # noise streams of ``seeded``: x_T per frame, sampler per batch
