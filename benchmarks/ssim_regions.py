@@ -71,7 +71,7 @@ def split_scores(
     mean share of the box; per clip, the mean SSIM map resized to a FIGURE_SIZE square."""
     boxes = region_boxes(lms, truth[0].shape)
     if boxes is None:
-        raise SystemExit("no face found in the truth clip")
+        raise ValueError("no face found in any frame")
     scores = {c: {r: [] for r in (*REGIONS, "box")} for c in clips}
     shares = {r: [] for r in REGIONS}
     maps = {c: np.zeros((FIGURE_SIZE, FIGURE_SIZE)) for c in clips}
@@ -122,7 +122,10 @@ def main() -> None:
     truth = truth[: n : args.every]
     clips = {k: v[: n : args.every] for k, v in clips.items()}
     lms = make_landmarker("dlib").track(iter(truth))
-    means, shares, maps = split_scores(clips, truth, lms, args.band)
+    try:
+        means, shares, maps = split_scores(clips, truth, lms, args.band)
+    except ValueError as exc:
+        raise SystemExit(f"{args.test}: {exc}") from exc
     lines = [
         "| region | share of the box | render | first stage only | gap |",
         "|---|---|---|---|---|",
